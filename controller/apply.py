@@ -1,0 +1,296 @@
+"""Apply: carry out a plan through the providers, in dependency order, in parallel.
+
+Creates, updates and replaces run first. A resource is sent to its provider only when all its inputs are
+known, which means every resource whose outputs it reads has been settled in this run; after each settle
+the still-blocked resources are evaluated again (one Nix pass for all of them, overlapping with provider
+calls in flight). Then deletes run in reverse dependency order: a resource is deleted only after every
+resource recorded as reading it is gone. A failure skips what depends on it, never independent siblings,
+and every completed operation is kept in ``Executor.state`` for the caller to record, even when the run
+fails.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller import protocol
+from controller.errors import NixgitopsError, ProviderError
+from controller.evaluation import Evaluation
+from controller.graph import closure, describe_cycle, find_cycle
+from controller.model import DesiredResource, ResourceState
+from controller.planning import Action, Change, Plan, decide
+from controller.provider_client import Providers
+
+Evaluate = Callable[[Mapping[str, Mapping[str, Any]], set[str]], Evaluation]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one resource in a run."""
+
+    path: str
+    action: Action
+    status: str  # "ok" | "failed" | "skipped"
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    """A progress report: ``kind`` is "start", "ok", "failed" or "skipped"."""
+
+    kind: str
+    path: str
+    action: Action
+    message: str = ""
+    seconds: float = 0.0
+
+
+class HalfReplaced(ProviderError):
+    """A replace destroyed the old resource but could not create the new one."""
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Executor:
+    providers: Providers
+    evaluate: Evaluate
+    parallelism: int = 8
+    source_commit: str | None = None
+    report: Callable[[Event], None] = lambda event: None
+    state: dict[str, ResourceState] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    # -- one operation (runs in a worker thread) -----------------------------------------------------------
+
+    def _record(self, desired: DesiredResource, outputs: Mapping[str, Any], deps: frozenset[str]) -> ResourceState:
+        old = self.state.get(desired.path)
+        stamp = now()
+        return ResourceState(
+            path=desired.path,
+            type=desired.type,
+            inputs=dict(desired.inputs),
+            outputs=dict(outputs),
+            dependencies=tuple(sorted(deps - {desired.path})),
+            prevent_destroy=desired.prevent_destroy,
+            source_commit=self.source_commit,
+            created_at=old.created_at if old is not None and old.type == desired.type else stamp,
+            updated_at=stamp,
+        )
+
+    def _destroy(self, old: ResourceState) -> None:
+        what = f"destroyResourceRequest for {old.path!r}"
+        self.providers.call(
+            old.provider, protocol.destroy_request(old.resource_type, old.inputs, old.outputs), what=what
+        )
+
+    def _operate(self, change: Change, desired: DesiredResource | None, deps: frozenset[str]) -> ResourceState | None:
+        old = change.before
+        if change.action is Action.DELETE:
+            assert old is not None
+            self._destroy(old)
+            return None
+        assert desired is not None
+        if change.action is Action.UPDATE:
+            assert old is not None
+            what = f"updateResourceRequest for {desired.path!r}"
+            request = protocol.update_request(desired.resource_type, old.inputs, old.outputs, desired.inputs)
+            body = self.providers.call(desired.provider, request, what=what)
+            return self._record(desired, body["outputProperties"], deps)
+        if change.action is Action.REPLACE:
+            assert old is not None
+            self._destroy(old)
+        what = f"createResourceRequest for {desired.path!r}"
+        try:
+            body = self.providers.call(
+                desired.provider, protocol.create_request(desired.resource_type, desired.inputs), what=what
+            )
+        except ProviderError as exc:
+            if change.action is Action.REPLACE:
+                raise HalfReplaced(f"{exc} The old resource was already destroyed.", fatal=exc.fatal) from None
+            raise
+        return self._record(desired, body["outputProperties"], deps)
+
+    # -- the run -------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        plan: Plan,
+        desired: Mapping[str, DesiredResource],
+        dependencies: Mapping[str, frozenset[str]],
+        state: Mapping[str, ResourceState],
+    ) -> dict[str, Outcome]:
+        self.state = dict(state)
+        with ThreadPoolExecutor(max_workers=max(1, self.parallelism), thread_name_prefix="apply") as pool:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as evaluator:
+                self._converge(plan, dict(desired), dependencies, pool, evaluator)
+            self._delete(plan, pool)
+        return self.outcomes
+
+    def _finish(self, path: str, action: Action, status: str, message: str = "", seconds: float = 0.0) -> None:
+        self.outcomes[path] = Outcome(path, action, status, message, seconds)
+        self.report(Event(status, path, action, message, seconds))
+
+    def _submit(
+        self, pool: ThreadPoolExecutor, change: Change, desired: DesiredResource | None, deps: frozenset[str]
+    ) -> Future[tuple[ResourceState | None, float]]:
+        self.report(Event("start", change.path, change.action))
+
+        def job() -> tuple[ResourceState | None, float]:
+            started = time.monotonic()
+            result = self._operate(change, desired, deps)
+            return result, time.monotonic() - started
+
+        return pool.submit(job)
+
+    def _settle(self, future: Future[tuple[ResourceState | None, float]], path: str, action: Action) -> bool:
+        """Record one finished operation; True when it succeeded."""
+        try:
+            result, seconds = future.result()
+        except HalfReplaced as exc:
+            self.state.pop(path, None)
+            self._finish(path, action, "failed", str(exc))
+            return False
+        except NixgitopsError as exc:
+            self._finish(path, action, "failed", str(exc))
+            return False
+        if result is None:
+            self.state.pop(path, None)
+        else:
+            self.state[path] = result
+        self._finish(path, action, "ok", seconds=seconds)
+        return True
+
+    def _converge(
+        self,
+        plan: Plan,
+        desired: dict[str, DesiredResource],
+        dependencies: Mapping[str, frozenset[str]],
+        pool: ThreadPoolExecutor,
+        evaluator: ThreadPoolExecutor,
+    ) -> None:
+        moving = {Action.CREATE, Action.UPDATE, Action.REPLACE}
+        actions = {c.path: c.action for c in plan.changes if c.action in moving}
+        pending = set(actions)
+        failed: set[str] = set()
+        running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = {}
+        evaluation: Future[Evaluation] | None = None
+        stale = False  # something settled since the last evaluation started
+        broken: str | None = None  # an evaluation failed: start nothing new
+
+        def deps_of(path: str) -> frozenset[str]:
+            return dependencies.get(path, frozenset()) | desired[path].blocked_by
+
+        while True:
+            busy = {path for path, _ in running.values()}
+            if broken is None:
+                for path in sorted(pending - busy):
+                    if not desired[path].ready:
+                        continue
+                    change = decide(desired[path], self.state.get(path))
+                    if change.action is Action.NOOP:
+                        pending.discard(path)
+                        self._finish(path, Action.NOOP, "ok", "inputs unchanged once known")
+                        stale = True
+                        continue
+                    running[self._submit(pool, change, desired[path], deps_of(path))] = (path, change.action)
+                    busy.add(path)
+            blocked = {p for p in pending - busy if not desired[p].ready}
+            if broken is None and evaluation is None and stale and blocked:
+                known = {p: s.outputs for p, s in self.state.items() if p not in pending and p not in failed}
+                evaluation = evaluator.submit(self.evaluate, known, set(blocked))
+                stale = False
+            waiting: set[Future[Any]] = set(running)
+            if evaluation is not None:
+                waiting.add(evaluation)
+            if not waiting:
+                break
+            done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future is evaluation:
+                    evaluation = None
+                    try:
+                        answer = future.result()
+                    except NixgitopsError as exc:
+                        broken = str(exc)
+                        continue
+                    for path, resource in answer.resources.items():
+                        if path in pending and path not in busy:
+                            desired[path] = resource
+                    continue
+                path, action = running.pop(future)
+                pending.discard(path)
+                if self._settle(future, path, action):
+                    stale = True
+                else:
+                    failed.add(path)
+        self._unblock(pending, failed, desired, deps_of, actions, broken)
+
+    def _unblock(
+        self,
+        pending: set[str],
+        failed: set[str],
+        desired: Mapping[str, DesiredResource],
+        deps_of: Callable[[str], frozenset[str]],
+        actions: Mapping[str, Action],
+        broken: str | None,
+    ) -> None:
+        """Report every resource that could not run: skipped after a failure, or on a dependency cycle."""
+        if not pending:
+            return
+        if broken is not None:
+            for path in sorted(pending):
+                self._finish(path, actions[path], "failed", f"its inputs could not be evaluated: {broken}")
+            return
+        edges = {p: {d for d in deps_of(p) if d in pending or d in failed} for p in pending}
+        cycle = find_cycle({p: {d for d in e if d in pending} for p, e in edges.items()})
+        on_cycle = set(cycle or ())
+        if cycle:
+            message = f"dependency cycle: {describe_cycle(cycle)}; break it by removing one of these reads"
+            for path in cycle:
+                self._finish(path, actions[path], "failed", message)
+        for path in sorted(pending - on_cycle):
+            upstream = closure(edges[path], edges) & (failed | on_cycle)
+            why = ", ".join(sorted(upstream)) if upstream else "resources that could not be applied"
+            self._finish(path, actions[path], "skipped", f"skipped: it reads outputs of {why}, which failed")
+
+    def _delete(self, plan: Plan, pool: ThreadPoolExecutor) -> None:
+        doomed = {c.path: c for c in plan.changes if c.action is Action.DELETE}
+        if not doomed:
+            return
+        readers: dict[str, set[str]] = {p: set() for p in doomed}
+        for reader, resource in self.state.items():
+            for source in resource.dependencies:
+                if source in readers and source != reader:
+                    readers[source].add(reader)
+        cycle = find_cycle({p: readers[p] & set(doomed) for p in doomed})
+        if cycle:
+            message = f"dependency cycle in state: {describe_cycle(cycle)}; delete these by hand and remove them"
+            for path in cycle:
+                self._finish(path, Action.DELETE, "failed", message)
+                del doomed[path]
+        running: dict[Future[tuple[ResourceState | None, float]], str] = {}
+        started: set[str] = set()
+        while True:
+            for path in sorted(set(doomed) - started):
+                if not (readers[path] & self.state.keys()):
+                    started.add(path)
+                    running[self._submit(pool, doomed[path], None, frozenset())] = path
+            if not running:
+                break
+            done, _ = wait(set(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                self._settle(future, running.pop(future), Action.DELETE)
+        for path in sorted(set(doomed) - started):
+            still = sorted(readers[path] & self.state.keys())
+            self._finish(
+                path, Action.DELETE, "skipped", f"not deleted: still read by {', '.join(still)}, which remain"
+            )

@@ -1,0 +1,193 @@
+"""The ``nixgitops`` command line.
+
+Every command runs in a Git checkout holding ``deployment.nix`` (or ``--dir``/``--file``). Errors print one
+clear message on stderr and exit non-zero; only a bug in nixgitops prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller import __version__
+from controller.apply import Event
+from controller.engine import Engine, Planned, RunResult, Settings
+from controller.errors import NixgitopsError, UserError
+from controller.plan_render import plan_json, render_plan
+from controller.planning import Action
+
+VERBS = {
+    Action.CREATE: ("Creating", "Creation"),
+    Action.UPDATE: ("Updating", "Update"),
+    Action.REPLACE: ("Replacing", "Replacement"),
+    Action.DELETE: ("Deleting", "Deletion"),
+    Action.NOOP: ("Checking", "Check"),
+}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=Path("."), help="directory of the deployment (default: .)")
+    common.add_argument("--file", default="deployment.nix", help="entry file, relative to --dir")
+    common.add_argument("--deployment", default="default", help="deployment name on the state branch")
+    common.add_argument("--state-branch", default="nixgitops/state", help="branch that holds the state")
+    common.add_argument("--show-trace", action="store_true", help="pass --show-trace to Nix")
+    common.add_argument("-q", "--quiet", action="store_true", help="do not forward provider and Nix logs")
+
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--parallelism", type=_positive, default=8, help="operations at once (default 8)")
+    running.add_argument(
+        "--provider-timeout", type=float, default=300.0, help="seconds a provider may take per request"
+    )
+    running.add_argument("--yes", "-y", action="store_true", help="apply without asking")
+
+    top = argparse.ArgumentParser(prog="nixgitops", description="GitOps for resources declared in Nix.")
+    top.add_argument("--version", action="version", version=f"nixgitops {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plan = sub.add_parser("plan", parents=[common], help="show what apply would do")
+    plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    plan.add_argument("--destroy", action="store_true", help="plan deleting every resource in state")
+    sub.add_parser("apply", parents=[common, running], help="apply the deployment")
+    sub.add_parser("destroy", parents=[common, running], help="delete every resource in state")
+    state = sub.add_parser("state", help="inspect the state branch")
+    state_sub = state.add_subparsers(dest="state_command", required=True, metavar="SUBCOMMAND")
+    listing = state_sub.add_parser("list", parents=[common], help="list resources in state")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+    show = state_sub.add_parser("show", parents=[common], help="show one resource in state as JSON")
+    show.add_argument("path", help="dotted member path")
+    return top
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        directory=args.dir,
+        entry=args.file,
+        deployment=args.deployment,
+        state_branch=args.state_branch,
+        parallelism=getattr(args, "parallelism", 8),
+        provider_timeout=getattr(args, "provider_timeout", 300.0),
+        show_trace=args.show_trace,
+    )
+
+
+def _log(args: argparse.Namespace) -> object:
+    if args.quiet:
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    return Engine(_settings(args), log=_log(args))  # type: ignore[arg-type]
+
+
+def _report(event: Event) -> None:
+    doing, done = VERBS[event.action]
+    if event.kind == "start":
+        print(f"{event.path}: {doing}...", flush=True)
+    elif event.kind == "ok" and event.action is not Action.NOOP:
+        print(f"{event.path}: {done} complete after {event.seconds:.2f}s", flush=True)
+    elif event.kind == "failed":
+        print(f"{event.path}: {done} FAILED", flush=True)
+        print(f"Error: {event.path}: {event.message}", file=sys.stderr, flush=True)
+    elif event.kind == "skipped":
+        print(f"{event.path}: {event.message}", flush=True)
+
+
+def _confirm(args: argparse.Namespace, verb: str) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"Refusing to {verb} without confirmation: run `nixgitops {verb} --yes`.")
+    answer = input(f"Do you want to {verb} these changes? Only 'yes' will be accepted: ")
+    if answer.strip() != "yes":
+        raise UserError(f"{verb.capitalize()} cancelled; nothing was changed.")
+
+
+def _finish(result: RunResult, engine: Engine, verb: str) -> int:
+    c = result.counts
+    numbers = f"{c['create']} created, {c['update']} updated, {c['replace']} replaced, {c['delete']} deleted"
+    if result.commit:
+        print(f"State: commit {result.commit[:12]} on {engine.store.branch}")
+    if result.ok:
+        print(f"{verb.capitalize()} complete! Resources: {numbers}.")
+        return 0
+    print(f"{verb.capitalize()} failed. Resources: {numbers}; {c['failed']} failed, {c['skipped']} skipped.")
+    print(
+        f"Error: {verb} did not complete: {c['failed']} operation(s) failed and {c['skipped']} were skipped;"
+        " the completed ones are recorded in state. Fix the errors above and run it again.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    planned = engine.plan(destroy=args.destroy)
+    if args.json:
+        document = plan_json(
+            planned.plan,
+            deployment=engine.settings.deployment,
+            source_commit=engine.source_commit,
+            dependencies=planned.dependencies,
+        )
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        print(render_plan(planned.plan), end="")
+    return 0
+
+
+def _run(args: argparse.Namespace, *, destroy: bool) -> int:
+    engine = _engine(args)
+    planned: Planned = engine.plan(destroy=destroy)
+    print(render_plan(planned.plan))
+    if not planned.plan.has_changes:
+        return 0
+    verb = "destroy" if destroy else "apply"
+    _confirm(args, verb)
+    return _finish(engine.apply(planned, report=_report), engine, verb)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    state = engine.load_state()
+    if args.state_command == "show":
+        if args.path not in state:
+            raise UserError(f"No resource {args.path!r} in state; `nixgitops state list` shows what is there.")
+        print(json.dumps(state[args.path].to_json(), indent=2, ensure_ascii=False, sort_keys=True))
+    elif args.json:
+        print(json.dumps([state[p].to_json() for p in sorted(state)], indent=2, ensure_ascii=False))
+    else:
+        for path in sorted(state):
+            print(f"{path}  {state[path].type}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "plan":
+            return cmd_plan(args)
+        if args.command in ("apply", "destroy"):
+            return _run(args, destroy=args.command == "destroy")
+        return cmd_state(args)
+    except NixgitopsError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("This is a bug in nixgitops; please report it with the output above.", file=sys.stderr)
+        return 70

@@ -1,0 +1,334 @@
+"""Evaluation: run the Nix harness over a deployment and turn its answer into desired resources.
+
+One ``nix-instantiate`` process per pass evaluates every selected resource. Outputs that are not final yet are
+unknown: a field that reads one is reported as ``UNKNOWN`` (and which resource it waited for), instead of
+failing the whole evaluation. A user's own ``throw`` or ``assert`` is re-evaluated without error handling so
+that the error shows Nix's own message and location.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any
+
+from controller.errors import DeploymentError, EvaluationError
+from controller.model import (
+    LOCAL_PROVIDER,
+    LOCAL_RESOURCE_TYPES,
+    UNKNOWN,
+    DesiredResource,
+    ProviderSpec,
+)
+from controller.processes import CommandFailed, run
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
+_MARK = "trace: nixgitops:"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The answer of one evaluation pass."""
+
+    resources: dict[str, DesiredResource]
+    providers: dict[str, ProviderSpec]
+    dependencies: dict[str, frozenset[str]] = field(default_factory=dict)
+    """For each probed resource, the resources whose outputs its inputs read."""
+
+
+def harness_path() -> Path:
+    return Path(str(importlib_resources.files("controller") / "nix" / "harness.nix"))
+
+
+def local_provider_spec() -> ProviderSpec:
+    """The built-in provider: this package's own executable, run through the same protocol as any other."""
+    import sys
+
+    return ProviderSpec(
+        LOCAL_PROVIDER,
+        sys.executable,
+        ("-m", "controller.local_provider"),
+        frozenset(LOCAL_RESOURCE_TYPES),
+        builtin=True,
+    )
+
+
+@dataclass
+class _Traces:
+    """What the harness's markers on stderr say: who was blocked by whom, who reads whom."""
+
+    blocked: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    user_errors: list[tuple[str, str]] = field(default_factory=list)
+    reads: dict[str, set[str]] = field(default_factory=dict)
+    other: list[str] = field(default_factory=list)
+
+
+def parse_traces(stderr: str) -> _Traces:
+    traces = _Traces()
+    current = ""
+    probing: str | None = None
+    pending: set[str] = set()
+    for line in stderr.splitlines():
+        if not line.startswith(_MARK):
+            if line.strip():
+                traces.other.append(line)
+            continue
+        kind, _, arg = line[len(_MARK) :].partition(" ")
+        if kind == "eval":
+            current, probing, pending = arg, None, set()
+        elif kind == "probe":
+            probing = arg
+            traces.reads.setdefault(arg, set())
+        elif kind == "unknown":
+            if probing is not None:
+                traces.reads[probing].add(arg)
+            else:
+                pending.add(arg)
+        elif kind == "blocked":
+            if pending:
+                traces.blocked.setdefault(current, {})[arg] = pending
+            else:
+                traces.user_errors.append((current, arg))
+            pending = set()
+    return traces
+
+
+class NixEvaluator:
+    """Evaluates one deployment entry file with the real ``nix-instantiate``."""
+
+    def __init__(
+        self,
+        entry_file: Path,
+        *,
+        source: str | None = None,
+        show_trace: bool = False,
+        log: Callable[[str], None] | None = None,
+        nix_instantiate: str = "nix-instantiate",
+    ) -> None:
+        self.entry_file = entry_file.resolve()
+        self.source = source
+        self.show_trace = show_trace
+        self.log = log
+        self.nix_instantiate = nix_instantiate
+        self.passes = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.entry_file}" + (f" (commit {self.source})" if self.source else "")
+
+    def evaluate(
+        self,
+        known: Mapping[str, Mapping[str, Any]],
+        *,
+        select: Iterable[str] | None = None,
+        probe: Iterable[str] = (),
+    ) -> Evaluation:
+        """Evaluate the selected resources (all when ``select`` is None), with ``known`` outputs final."""
+        if not self.entry_file.is_file():
+            raise EvaluationError(
+                f"The deployment entry file {self.entry_file} does not exist. Create it, or point --dir/--file"
+                " at it."
+            )
+        args = {
+            "deployment": str(self.entry_file),
+            "known": dict(known),
+            "select": None if select is None else [p.split(".") for p in sorted(select)],
+            "probe": [p.split(".") for p in sorted(probe)],
+            "focus": None,
+        }
+        answer, traces = self._run(args)
+        for line in traces.other:
+            if self.log is not None:
+                self.log(line)
+        if traces.user_errors:
+            path, fieldname = traces.user_errors[0]
+            at = None
+            for item in answer.get("resources", []):
+                if item["p"] == path and isinstance(item.get("i"), dict):
+                    at = item["i"].get(fieldname, {}).get("at")
+            self._explain_user_error(args, path, fieldname, at)
+        providers = self._providers(answer.get("providers", {}))
+        resources: dict[str, DesiredResource] = {}
+        for item in answer.get("resources", []):
+            desired = self._resource(item, providers, traces.blocked.get(item["p"], {}))
+            resources[desired.path] = desired
+        dependencies = {p: frozenset(r - {p}) for p, r in traces.reads.items()}
+        return Evaluation(resources, providers, dependencies)
+
+    # -- running Nix ---------------------------------------------------------------------------------------
+
+    def _run(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
+        self.passes += 1
+        fd, name = tempfile.mkstemp(prefix="nixgitops-eval-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(args, f)
+            argv = [
+                self.nix_instantiate,
+                "--eval",
+                "--strict",
+                "--json",
+                "--readonly-mode",
+                *(["--show-trace"] if self.show_trace else []),
+                str(harness_path()),
+                "--argstr",
+                "argsFile",
+                name,
+            ]
+            try:
+                done = run(argv, cwd=str(self.entry_file.parent), check=False)
+            except CommandFailed as exc:
+                raise EvaluationError(
+                    f"Cannot run {self.nix_instantiate}: {exc}. Install Nix (on Debian: apt-get install"
+                    " nix-bin)."
+                ) from None
+        finally:
+            os.unlink(name)
+        traces = parse_traces(done.stderr)
+        if done.returncode != 0:
+            raise EvaluationError(
+                f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other))
+            )
+        return json.loads(done.stdout), traces
+
+    def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
+        focus = dict(args, focus={"path": path.split(".")}, select=None, probe=[])
+        where = f"at {at}" if at else f"in {self.where}"
+        try:
+            self._run(focus)
+        except EvaluationError as exc:
+            raise EvaluationError(
+                f"Input {fieldname!r} of resource {path!r} {where} failed to evaluate:\n"
+                + str(exc).split("\n", 1)[-1]
+            ) from None
+        raise EvaluationError(
+            f"Input {fieldname!r} of resource {path!r} in {self.where} failed with a `throw` or `assert`"
+            " that only fires while other outputs are unknown; check the conditions around it."
+        )
+
+    # -- checking the answer -------------------------------------------------------------------------------
+
+    def _providers(self, declared: Mapping[str, Any]) -> dict[str, ProviderSpec]:
+        providers = {LOCAL_PROVIDER: local_provider_spec()}
+        for name, p in declared.items():
+            where = f"providers.{name} in {self.entry_file}"
+            if name == LOCAL_PROVIDER:
+                raise DeploymentError(f"{where}: 'local' is built in and cannot be redeclared; use another name.")
+            if not NAME.match(name):
+                raise DeploymentError(f"{where}: a provider name must be a plain identifier (letters, digits, _).")
+            if "invalid" in p:
+                raise DeploymentError(
+                    f"{where} must be an attribute set {{ executable; args; resourceTypes; }}, not a {p['invalid']}."
+                )
+            exe, argv, types = p.get("executable"), p.get("args"), p.get("resourceTypes")
+            if not isinstance(exe, str) or not exe:
+                raise DeploymentError(f"{where}: `executable` must be a path or a string naming the program.")
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise DeploymentError(f"{where}: `args` must be a list of strings.")
+            if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+                raise DeploymentError(
+                    f"{where}: `resourceTypes` must be a non-empty list of strings (the types it serves)."
+                )
+            providers[name] = ProviderSpec(name, exe, tuple(argv), frozenset(types))
+        return providers
+
+    def _resource(
+        self, item: Mapping[str, Any], providers: Mapping[str, ProviderSpec], blocked: Mapping[str, set[str]]
+    ) -> DesiredResource:
+        path: str = item["p"]
+        where = f"member {path!r} in {self.where}"
+        for part in path.split("."):
+            if not NAME.match(part):
+                raise DeploymentError(
+                    f"{where}: the name {part!r} is not allowed; member names must be plain identifiers"
+                    " (letters, digits, _, ' and -, not starting with a digit), because they name files on"
+                    " the state branch."
+                )
+        kind = item["k"]
+        if kind != "resource":
+            if kind == "empty":
+                why = "has neither `type` (a resource) nor `members` (a composite)"
+            elif kind.startswith("composite-"):
+                why = f"has `members` that is a {kind.removeprefix('composite-')}, not an attribute set"
+            else:
+                why = f"is a {kind}; a member must be an attribute set with `type` and `inputs`, or `members`"
+            raise DeploymentError(f"{where} {why}.")
+        rtype: str = item["t"]
+        provider, dot, name = rtype.partition(".")
+        if rtype.startswith("<") or not dot:
+            raise DeploymentError(
+                f"{where}: `type` must be a provider's resource type such as providers.local.file, not {rtype!r}."
+            )
+        if provider not in providers:
+            raise DeploymentError(
+                f"{where}: type {rtype!r} names the provider {provider!r}, which is not declared. Declare"
+                f" providers.{provider} = {{ executable = ...; resourceTypes = [ \"{name}\" ]; }}, or use one of:"
+                f" {', '.join(sorted(providers))}."
+            )
+        if name not in providers[provider].resource_types:
+            raise DeploymentError(
+                f"{where}: provider {provider!r} has no resource type {name!r}; it serves"
+                f" {', '.join(sorted(providers[provider].resource_types))}."
+            )
+        if not isinstance(item["d"], bool):
+            raise DeploymentError(f"{where}: lifecycle.preventDestroy must be true or false.")
+        fields = item["i"]
+        if fields is None:
+            blockers = frozenset(blocked.get("*", set()))
+            return DesiredResource(path, rtype, {}, False, blockers, item["d"])
+        if isinstance(fields, str):
+            raise DeploymentError(f"{where}: `inputs` must be an attribute set, not a {fields.strip('<>')}.")
+        inputs: dict[str, Any] = {}
+        for key, value in fields.items():
+            if "u" in value:
+                inputs[key] = UNKNOWN
+            else:
+                bad = _function_in(value["v"])
+                if bad is not None:
+                    at = ".".join([key, *bad])
+                    raise DeploymentError(
+                        f"{where}: input {at!r} is a function. Inputs are sent to the provider as JSON, so they"
+                        " may hold only strings, numbers, booleans, null, lists and attribute sets."
+                    )
+                inputs[key] = value["v"]
+        blockers = frozenset(q for qs in blocked.values() for q in qs)
+        return DesiredResource(path, rtype, inputs, True, blockers, item["d"])
+
+
+def _function_in(value: Any) -> list[str] | None:
+    """The path to a function marker inside a JSON value, or None."""
+    if isinstance(value, dict):
+        if value.get("__nixgitopsFunction") is True and len(value) == 1:
+            return []
+        for k, v in value.items():
+            inner = _function_in(v)
+            if inner is not None:
+                return [k, *inner]
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            inner = _function_in(v)
+            if inner is not None:
+                return [str(i), *inner]
+    return None
+
+
+def _clean(lines: list[str]) -> list[str]:
+    """Nix's error text without the frames that point into our own harness."""
+    harness = str(harness_path())
+    out: list[str] = []
+    skip = False
+    for line in lines:
+        if harness in line:
+            skip = True
+            continue
+        if skip and (line.startswith(" ") or not line.strip()):
+            continue
+        skip = False
+        out.append(line)
+    return out or lines

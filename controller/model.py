@@ -1,0 +1,141 @@
+"""The data nixgitops works on: desired resources (from Nix), resource state (from Git), providers.
+
+Pure: frozen dataclasses and conversions to and from JSON, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+LOCAL_PROVIDER: Final = "local"
+LOCAL_RESOURCE_TYPES: Final = ("file", "exec", "memo")
+
+
+class Unknown:
+    """The value of an input that reads outputs which are only known after apply."""
+
+    _instance: Unknown | None = None
+
+    def __new__(cls) -> Unknown:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "(known after apply)"
+
+
+UNKNOWN: Final = Unknown()
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """A provider: an executable speaking the resource protocol, and the resource types it serves."""
+
+    name: str
+    executable: str
+    args: tuple[str, ...]
+    resource_types: frozenset[str]
+    builtin: bool = False
+
+
+@dataclass(frozen=True)
+class DesiredResource:
+    """A resource as the deployment expression declares it, at one evaluation pass.
+
+    ``inputs`` maps each input field to its JSON value or to ``UNKNOWN`` when the field reads outputs that
+    are not known yet. ``inputs_known`` is false when not even the field names could be computed.
+    ``blocked_by`` names the resources whose unknown outputs the unknown fields were seen to read.
+    """
+
+    path: str
+    type: str
+    inputs: Mapping[str, Any]
+    inputs_known: bool = True
+    blocked_by: frozenset[str] = frozenset()
+    prevent_destroy: bool = False
+
+    @property
+    def provider(self) -> str:
+        return self.type.split(".", 1)[0]
+
+    @property
+    def resource_type(self) -> str:
+        return self.type.split(".", 1)[1]
+
+    @property
+    def ready(self) -> bool:
+        """True when every input is known, so the resource can be sent to its provider."""
+        return self.inputs_known and all(v is not UNKNOWN for v in self.inputs.values())
+
+    @property
+    def unknown_fields(self) -> tuple[str, ...]:
+        return tuple(sorted(k for k, v in self.inputs.items() if v is UNKNOWN))
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    """A resource as recorded on the state branch after a provider created or updated it."""
+
+    path: str
+    type: str
+    inputs: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+    dependencies: tuple[str, ...] = ()
+    prevent_destroy: bool = False
+    source_commit: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def provider(self) -> str:
+        return self.type.split(".", 1)[0]
+
+    @property
+    def resource_type(self) -> str:
+        return self.type.split(".", 1)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "type": self.type,
+            "provider": self.provider,
+            "inputs": dict(self.inputs),
+            "outputs": dict(self.outputs),
+            "dependencies": list(self.dependencies),
+            "preventDestroy": self.prevent_destroy,
+            "sourceCommit": self.source_commit,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            **dict(self.extra),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ResourceState:
+        known = {
+            "path",
+            "type",
+            "provider",
+            "inputs",
+            "outputs",
+            "dependencies",
+            "preventDestroy",
+            "sourceCommit",
+            "createdAt",
+            "updatedAt",
+        }
+        return cls(
+            path=str(data["path"]),
+            type=str(data["type"]),
+            inputs=dict(data.get("inputs") or {}),
+            outputs=dict(data.get("outputs") or {}),
+            dependencies=tuple(data.get("dependencies") or ()),
+            prevent_destroy=bool(data.get("preventDestroy", False)),
+            source_commit=data.get("sourceCommit"),
+            created_at=data.get("createdAt"),
+            updated_at=data.get("updatedAt"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )

@@ -1,0 +1,173 @@
+"""Planning: compare the desired resources with the recorded state and decide what to do.
+
+Pure: data in, data out, no I/O. ``plan(desired, state)`` returns a ``Plan``; a change's ``reason`` explains
+the action to people and decides nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+from controller.errors import PlanError
+from controller.model import UNKNOWN, DesiredResource, ResourceState
+
+
+class Action(str, Enum):
+    """What a plan does with one resource; the values are also the JSON form."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+    NOOP = "noop"
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT: Final = _Absent()
+"""A field that does not exist on one side of a field change."""
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One input field that differs: ``before`` and ``after`` are JSON values, ``ABSENT`` or ``UNKNOWN``."""
+
+    field: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class Change:
+    """What happens to one resource path."""
+
+    path: str
+    action: Action
+    type: str
+    before: ResourceState | None
+    after: DesiredResource | None
+    fields: tuple[FieldChange, ...]
+    reason: str
+
+    @property
+    def provider(self) -> str:
+        return self.type.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every resource path with its change, sorted by path."""
+
+    changes: tuple[Change, ...]
+
+    def counts(self) -> dict[str, int]:
+        result = {action.value: 0 for action in Action}
+        for change in self.changes:
+            result[change.action.value] += 1
+        return result
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action is not Action.NOOP for c in self.changes)
+
+    def by_path(self) -> dict[str, Change]:
+        return {c.path: c for c in self.changes}
+
+
+def diff_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[FieldChange, ...]:
+    """The fields whose values differ, sorted by name. An unknown ``after`` always counts as a change."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old = before.get(name, ABSENT)
+        new = after.get(name, ABSENT)
+        if new is UNKNOWN or old != new or type(old) is not type(new):
+            changes.append(FieldChange(name, old, new))
+    return tuple(changes)
+
+
+def decide(desired: DesiredResource, current: ResourceState | None) -> Change:
+    """The change that brings one resource from ``current`` to ``desired``."""
+    if current is None:
+        fields = tuple(FieldChange(k, ABSENT, desired.inputs[k]) for k in sorted(desired.inputs))
+        return Change(desired.path, Action.CREATE, desired.type, None, desired, fields, "not in state")
+    if current.type != desired.type:
+        if current.provider != desired.provider:
+            reason = f"provider changed from {current.provider!r} to {desired.provider!r}"
+        else:
+            reason = f"type changed from {current.type!r} to {desired.type!r}"
+        fields = diff_fields(current.inputs, desired.inputs)
+        return Change(desired.path, Action.REPLACE, desired.type, current, desired, fields, reason)
+    if not desired.inputs_known:
+        fields = (FieldChange("*", dict(current.inputs), UNKNOWN),)
+        return Change(
+            desired.path, Action.UPDATE, desired.type, current, desired, fields, "inputs known after apply"
+        )
+    fields = diff_fields(current.inputs, desired.inputs)
+    if not fields:
+        return Change(desired.path, Action.NOOP, desired.type, current, desired, (), "inputs unchanged")
+    if any(f.after is UNKNOWN for f in fields):
+        reason = "inputs read outputs known only after apply"
+    else:
+        reason = "inputs changed: " + ", ".join(f.field for f in fields)
+    return Change(desired.path, Action.UPDATE, desired.type, current, desired, fields, reason)
+
+
+def delete(current: ResourceState, reason: str = "not in the deployment any more") -> Change:
+    """The change that deletes a resource recorded in state."""
+    fields = tuple(FieldChange(k, current.inputs[k], ABSENT) for k in sorted(current.inputs))
+    return Change(current.path, Action.DELETE, current.type, current, None, fields, reason)
+
+
+def plan(
+    desired: Mapping[str, DesiredResource],
+    state: Mapping[str, ResourceState],
+    *,
+    destroy: bool = False,
+) -> Plan:
+    """Plan the changes from ``state`` to ``desired``; with ``destroy``, plan deleting everything in state."""
+    changes: list[Change] = []
+    if destroy:
+        changes = [delete(state[p], "destroying the deployment") for p in sorted(state)]
+        return Plan(tuple(changes))
+    for path in sorted(set(desired) | set(state)):
+        if path in desired:
+            changes.append(decide(desired[path], state.get(path)))
+        else:
+            changes.append(delete(state[path]))
+    return Plan(tuple(changes))
+
+
+def changing(plan: Plan) -> frozenset[str]:
+    """Paths whose outputs are not final until apply: those created, updated or replaced."""
+    moving = {Action.CREATE, Action.UPDATE, Action.REPLACE}
+    return frozenset(c.path for c in plan.changes if c.action in moving)
+
+
+def check_protected(plan: Plan, entry_file: str = "deployment.nix") -> None:
+    """Refuse a plan that deletes or replaces a resource with ``lifecycle.preventDestroy = true``."""
+    problems = []
+    for c in plan.changes:
+        if c.action is Action.DELETE and c.before is not None and c.before.prevent_destroy:
+            problems.append(
+                f"  - {c.path} ({c.type}) would be deleted ({c.reason}); it has lifecycle.preventDestroy = true"
+            )
+        elif c.action is Action.REPLACE and (
+            (c.after is not None and c.after.prevent_destroy)
+            or (c.before is not None and c.before.prevent_destroy)
+        ):
+            problems.append(
+                f"  - {c.path} would be replaced ({c.reason}); it has lifecycle.preventDestroy = true"
+            )
+    if problems:
+        raise PlanError(
+            "The plan would destroy protected resources:\n"
+            + "\n".join(problems)
+            + f"\nNothing was changed. To destroy them on purpose, set lifecycle.preventDestroy = false on each in"
+            f" {entry_file} and apply that first; otherwise undo the change that removes or replaces them."
+        )

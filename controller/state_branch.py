@@ -1,0 +1,168 @@
+"""State on a Git branch, written with pygit2 straight into the object database (no work tree).
+
+Layout of the state branch (default ``nixgitops/state``)::
+
+    <deployment>/deployment.json              last applied source commit, last run summary
+    <deployment>/resources/<path>.json        one blob per resource: type, inputs, outputs, dependencies, ...
+
+One commit per run that changed anything; its message names the source commit and the counts, with a
+``Source-Commit:`` trailer. The branch ref moves only from the commit we read to the one we write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pygit2
+from pygit2.enums import FileMode
+
+from controller.errors import StateError
+from controller.model import ResourceState
+
+DEFAULT_BRANCH = "nixgitops/state"
+DEFAULT_IDENTITY = ("nixgitops", "nixgitops@localhost")
+
+
+def dump(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def open_repository(directory: Path) -> pygit2.Repository:
+    """The Git repository that holds ``directory``; a clear error when there is none."""
+    found = pygit2.discover_repository(str(directory))
+    if found is None:
+        raise StateError(
+            f"{directory} is not inside a Git repository, and nixgitops keeps its state on a Git branch."
+            " Run `git init` there (and commit your deployment.nix) first."
+        )
+    return pygit2.Repository(found)
+
+
+def source_commit(repo: pygit2.Repository) -> str | None:
+    """The commit checked out (HEAD), or None in a repository without commits."""
+    if repo.head_is_unborn:
+        return None
+    return str(repo.head.target)
+
+
+class StateBranch:
+    """Reads and writes one deployment's state on one branch of one repository."""
+
+    def __init__(
+        self,
+        repo: pygit2.Repository,
+        *,
+        branch: str = DEFAULT_BRANCH,
+        deployment: str = "default",
+        identity: tuple[str, str] = DEFAULT_IDENTITY,
+    ) -> None:
+        self.repo = repo
+        self.branch = branch
+        self.ref = f"refs/heads/{branch}"
+        self.deployment = deployment
+        self.identity = identity
+        if not pygit2.reference_is_valid_name(self.ref):
+            raise StateError(f"{branch!r} is not a valid Git branch name for the state branch.")
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def tip(self) -> pygit2.Commit | None:
+        ref = self.repo.references.get(self.ref)
+        if ref is None:
+            return None
+        commit = self.repo[ref.target]
+        assert isinstance(commit, pygit2.Commit)
+        return commit
+
+    def _dir(self, name: str, tree: pygit2.Tree | None) -> pygit2.Tree | None:
+        if tree is None or name not in tree:
+            return None
+        obj = self.repo[tree[name].id]
+        if not isinstance(obj, pygit2.Tree):
+            raise StateError(f"{name} on the state branch {self.branch!r} is a file, not a directory.")
+        return obj
+
+    def _trees(self) -> tuple[pygit2.Tree | None, pygit2.Tree | None, pygit2.Tree | None]:
+        tip = self.tip()
+        root = tip.tree if tip is not None else None
+        dep = self._dir(self.deployment, root)
+        return root, dep, self._dir("resources", dep)
+
+    def load(self) -> dict[str, ResourceState]:
+        """Every resource recorded for this deployment, by path."""
+        _, _, resources = self._trees()
+        state: dict[str, ResourceState] = {}
+        if resources is None:
+            return state
+        for entry in resources:
+            name = entry.name or ""
+            if not name.endswith(".json"):
+                continue
+            blob = self.repo[entry.id]
+            try:
+                data = json.loads(blob.data)  # type: ignore[attr-defined]
+                resource = ResourceState.from_json(data)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StateError(
+                    f"{self.deployment}/resources/{name} on the state branch {self.branch!r} is not a valid"
+                    f" resource record ({exc}). Repair or revert that commit of the state branch."
+                ) from None
+            state[resource.path] = resource
+        return state
+
+    def load_meta(self) -> dict[str, Any]:
+        _, dep, _ = self._trees()
+        if dep is None or "deployment.json" not in dep:
+            return {}
+        data = json.loads(self.repo[dep["deployment.json"].id].data)  # type: ignore[attr-defined]
+        return data if isinstance(data, dict) else {}
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        *,
+        upserts: Mapping[str, ResourceState],
+        deletes: Iterable[str],
+        meta: Mapping[str, Any],
+        message: str,
+    ) -> str | None:
+        """Write one commit with these resource changes and ``meta``; None when nothing changed."""
+        tip = self.tip()
+        root, dep, resources = self._trees()
+        builder = self.repo.TreeBuilder(resources) if resources is not None else self.repo.TreeBuilder()
+        for path, resource in upserts.items():
+            builder.insert(f"{path}.json", self.repo.create_blob(dump(resource.to_json())), FileMode.BLOB)
+        for path in deletes:
+            if builder.get(f"{path}.json") is not None:
+                builder.remove(f"{path}.json")
+        dep_builder = self.repo.TreeBuilder(dep) if dep is not None else self.repo.TreeBuilder()
+        if len(builder):
+            dep_builder.insert("resources", builder.write(), FileMode.TREE)
+        elif dep_builder.get("resources") is not None:
+            dep_builder.remove("resources")
+        dep_builder.insert("deployment.json", self.repo.create_blob(dump(dict(meta))), FileMode.BLOB)
+        root_builder = self.repo.TreeBuilder(root) if root is not None else self.repo.TreeBuilder()
+        root_builder.insert(self.deployment, dep_builder.write(), FileMode.TREE)
+        tree = root_builder.write()
+        if root is not None and tree == root.id:
+            return None
+        head = self.repo.references.get("HEAD")
+        if head is not None and head.type == pygit2.enums.ReferenceType.SYMBOLIC and head.target == self.ref:
+            raise StateError(
+                f"The state branch {self.branch!r} is checked out in this repository; check out your source"
+                " branch instead, so the state commit does not fight your work tree."
+            )
+        signature = pygit2.Signature(*self.identity)
+        parents = [tip.id] if tip is not None else []
+        try:
+            oid = self.repo.create_commit(self.ref, signature, signature, message, tree, parents)
+        except pygit2.GitError as exc:
+            raise StateError(
+                f"Could not move the state branch {self.branch!r}: {exc}. Another writer may have changed it;"
+                " nothing was lost from the previous state commit."
+            ) from None
+        return str(oid)
