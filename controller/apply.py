@@ -291,6 +291,4 @@ class Executor:
                 self._settle(future, running.pop(future), Action.DELETE)
         for path in sorted(set(doomed) - started):
             still = sorted(readers[path] & self.state.keys())
-            self._finish(
-                path, Action.DELETE, "skipped", f"not deleted: still read by {', '.join(still)}, which remain"
-            )
+            self._finish(path, Action.DELETE, "skipped", f"not deleted: still read by {', '.join(still)}, which remain")

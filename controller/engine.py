@@ -21,7 +21,13 @@ from controller.graph import describe_cycle, find_cycle
 from controller.model import DesiredResource, ProviderSpec, ResourceState
 from controller.planning import Action, Plan
 from controller.provider_client import Providers
-from controller.state_branch import DEFAULT_BRANCH, DEFAULT_IDENTITY, StateBranch, open_repository, source_commit
+from controller.state_branch import (
+    DEFAULT_BRANCH,
+    DEFAULT_IDENTITY,
+    StateBranch,
+    open_repository,
+    source_commit,
+)
 
 
 class Evaluator(Protocol):
@@ -43,7 +49,11 @@ class Planned:
 
 
 def compute_plan(
-    evaluator: Evaluator, state: Mapping[str, ResourceState], *, destroy: bool = False, entry: str = "deployment.nix"
+    evaluator: Evaluator,
+    state: Mapping[str, ResourceState],
+    *,
+    destroy: bool = False,
+    entry: str = "deployment.nix",
 ) -> Planned:
     """Evaluate until stable and plan; raises for cycles and for plans that destroy protected resources."""
     state = dict(state)
@@ -128,7 +138,10 @@ class Engine:
         self.repo = open_repository(self.entry_file.parent if self.entry_file.parent.exists() else settings.directory)
         self.source_commit = source_commit(self.repo)
         self.store = StateBranch(
-            self.repo, branch=settings.state_branch, deployment=settings.deployment, identity=settings.identity
+            self.repo,
+            branch=settings.state_branch,
+            deployment=settings.deployment,
+            identity=settings.identity,
         )
         self.evaluator = NixEvaluator(
             self.entry_file, source=self.source_commit, show_trace=settings.show_trace, log=log
@@ -164,7 +177,10 @@ class Engine:
         return RunResult(executor.outcomes, commit, _counts(executor.outcomes))
 
     def _commit(
-        self, before: Mapping[str, ResourceState], after: Mapping[str, ResourceState], outcomes: Mapping[str, Outcome]
+        self,
+        before: Mapping[str, ResourceState],
+        after: Mapping[str, ResourceState],
+        outcomes: Mapping[str, Outcome],
     ) -> str | None:
         upserts = {p: s for p, s in after.items() if before.get(p) != s}
         deletes = set(before) - set(after)
@@ -193,6 +209,13 @@ class Engine:
             title += f" ({counts['failed']} failed, {counts['skipped']} skipped)"
         body = [f"{o.action.value} {o.path}: {o.status}" for o in sorted(outcomes.values(), key=lambda o: o.path)]
         message = "\n".join(
-            [title, "", *[line for line in body if not line.startswith("noop")], "", f"Source-Commit: {source}", ""]
+            [
+                title,
+                "",
+                *[line for line in body if not line.startswith("noop")],
+                "",
+                f"Source-Commit: {source}",
+                "",
+            ]
         )
         return self.store.commit(upserts=upserts, deletes=deletes, meta=meta, message=message)

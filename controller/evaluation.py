@@ -132,8 +132,7 @@ class NixEvaluator:
         """Evaluate the selected resources (all when ``select`` is None), with ``known`` outputs final."""
         if not self.entry_file.is_file():
             raise EvaluationError(
-                f"The deployment entry file {self.entry_file} does not exist. Create it, or point --dir/--file"
-                " at it."
+                f"The deployment entry file {self.entry_file} does not exist. Create it, or point --dir/--file at it."
             )
         args = {
             "deployment": str(self.entry_file),
@@ -185,16 +184,13 @@ class NixEvaluator:
                 done = run(argv, cwd=str(self.entry_file.parent), check=False)
             except CommandFailed as exc:
                 raise EvaluationError(
-                    f"Cannot run {self.nix_instantiate}: {exc}. Install Nix (on Debian: apt-get install"
-                    " nix-bin)."
+                    f"Cannot run {self.nix_instantiate}: {exc}. Install Nix (on Debian: apt-get install nix-bin)."
                 ) from None
         finally:
             os.unlink(name)
         traces = parse_traces(done.stderr)
         if done.returncode != 0:
-            raise EvaluationError(
-                f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other))
-            )
+            raise EvaluationError(f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)))
         return json.loads(done.stdout), traces
 
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
@@ -204,8 +200,7 @@ class NixEvaluator:
             self._run(focus)
         except EvaluationError as exc:
             raise EvaluationError(
-                f"Input {fieldname!r} of resource {path!r} {where} failed to evaluate:\n"
-                + str(exc).split("\n", 1)[-1]
+                f"Input {fieldname!r} of resource {path!r} {where} failed to evaluate:\n" + str(exc).split("\n", 1)[-1]
             ) from None
         raise EvaluationError(
             f"Input {fieldname!r} of resource {path!r} in {self.where} failed with a `throw` or `assert`"
@@ -268,7 +263,7 @@ class NixEvaluator:
         if provider not in providers:
             raise DeploymentError(
                 f"{where}: type {rtype!r} names the provider {provider!r}, which is not declared. Declare"
-                f" providers.{provider} = {{ executable = ...; resourceTypes = [ \"{name}\" ]; }}, or use one of:"
+                f' providers.{provider} = {{ executable = ...; resourceTypes = [ "{name}" ]; }}, or use one of:'
                 f" {', '.join(sorted(providers))}."
             )
         if name not in providers[provider].resource_types:

@@ -26,7 +26,7 @@ class Refused(Exception):
 
 
 def _check(rtype: str, inputs: Mapping[str, Any], required: dict[str, type], optional: dict[str, type]) -> None:
-    for name, kind in required.items():
+    for name in required:
         if name not in inputs:
             raise Refused(f"local.{rtype}: the input {name!r} is required")
     for name, value in inputs.items():

@@ -32,7 +32,10 @@ def value(v: Any) -> str:
 
 def _change(change: Change) -> list[str]:
     symbol = SYMBOL[change.action]
-    lines = [f"  # {change.path} {VERB[change.action]} ({change.reason})", f"{symbol:>3} {change.path} ({change.type})"]
+    lines = [
+        f"  # {change.path} {VERB[change.action]} ({change.reason})",
+        f"{symbol:>3} {change.path} ({change.type})",
+    ]
     width = max((len(f.field) for f in change.fields), default=0)
     for f in change.fields:
         if change.action is Action.CREATE:
@@ -94,9 +97,7 @@ def change_json(change: Change, depends_on: frozenset[str] | None = None) -> dic
         "provider": change.provider,
         "reason": change.reason,
         "before": dict(change.before.inputs) if change.before is not None else None,
-        "after": (
-            {k: v for k, v in after.inputs.items() if v is not UNKNOWN} if after is not None else None
-        ),
+        "after": ({k: v for k, v in after.inputs.items() if v is not UNKNOWN} if after is not None else None),
         "afterUnknown": list(after.unknown_fields) if after is not None else [],
         "fields": fields,
         "dependsOn": sorted(depends_on or ()),

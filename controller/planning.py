@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Final
 
 from controller.errors import PlanError
 from controller.model import UNKNOWN, DesiredResource, ResourceState
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What a plan does with one resource; the values are also the JSON form."""
 
     CREATE = "create"
@@ -105,9 +105,7 @@ def decide(desired: DesiredResource, current: ResourceState | None) -> Change:
         return Change(desired.path, Action.REPLACE, desired.type, current, desired, fields, reason)
     if not desired.inputs_known:
         fields = (FieldChange("*", dict(current.inputs), UNKNOWN),)
-        return Change(
-            desired.path, Action.UPDATE, desired.type, current, desired, fields, "inputs known after apply"
-        )
+        return Change(desired.path, Action.UPDATE, desired.type, current, desired, fields, "inputs known after apply")
     fields = diff_fields(current.inputs, desired.inputs)
     if not fields:
         return Change(desired.path, Action.NOOP, desired.type, current, desired, (), "inputs unchanged")
@@ -158,12 +156,9 @@ def check_protected(plan: Plan, entry_file: str = "deployment.nix") -> None:
                 f"  - {c.path} ({c.type}) would be deleted ({c.reason}); it has lifecycle.preventDestroy = true"
             )
         elif c.action is Action.REPLACE and (
-            (c.after is not None and c.after.prevent_destroy)
-            or (c.before is not None and c.before.prevent_destroy)
+            (c.after is not None and c.after.prevent_destroy) or (c.before is not None and c.before.prevent_destroy)
         ):
-            problems.append(
-                f"  - {c.path} would be replaced ({c.reason}); it has lifecycle.preventDestroy = true"
-            )
+            problems.append(f"  - {c.path} would be replaced ({c.reason}); it has lifecycle.preventDestroy = true")
     if problems:
         raise PlanError(
             "The plan would destroy protected resources:\n"

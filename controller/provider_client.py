@@ -76,8 +76,7 @@ class ProviderProcess:
         except queue.Empty:
             self.stop()
             raise ProviderError(
-                f"Provider {self.spec.name!r} did not answer {what} within {timeout:g}s; it was stopped."
-                f"{self._tail()}",
+                f"Provider {self.spec.name!r} did not answer {what} within {timeout:g}s; it was stopped.{self._tail()}",
                 fatal=True,
             ) from None
         if not line:

@@ -73,9 +73,7 @@ class StateBranch:
         ref = self.repo.references.get(self.ref)
         if ref is None:
             return None
-        commit = self.repo[ref.target]
-        assert isinstance(commit, pygit2.Commit)
-        return commit
+        return ref.peel(pygit2.Commit)
 
     def _dir(self, name: str, tree: pygit2.Tree | None) -> pygit2.Tree | None:
         if tree is None or name not in tree:

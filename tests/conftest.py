@@ -1,0 +1,111 @@
+"""Shared fixtures: real Git repositories in temporary directories, and the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTES_PROVIDER = ROOT / "tests" / "providers" / "notes.sh"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+@dataclass
+class Checkout:
+    """A Git checkout holding a deployment, and the nixgitops command line run inside it."""
+
+    path: Path
+
+    def write(self, text: str, name: str = "deployment.nix") -> None:
+        (self.path / name).write_text(textwrap.dedent(text))
+
+    def commit(self, message: str = "change") -> str:
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "-q", "--allow-empty", "-m", message)
+        return git(self.path, "rev-parse", "HEAD").strip()
+
+    def deploy(self, text: str) -> str:
+        self.write(text)
+        return self.commit()
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controller", *args],
+            cwd=self.path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        done = self.run(*args)
+        assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        return done
+
+    def plan(self) -> dict[str, dict[str, Any]]:
+        document = json.loads(self.ok("plan", "--json").stdout)
+        return {c["path"]: c for c in document["changes"]}
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        return {r["path"]: r for r in json.loads(self.ok("state", "list", "--json").stdout)}
+
+    def state_log(self) -> list[str]:
+        return git(self.path, "log", "--format=%B%x00", "nixgitops/state").split("\0")[:-1]
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Checkout:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    # What the local provider writes stays out of the commits; only the deployment is source.
+    (path / ".gitignore").write_text("/*\n!/.gitignore\n!/deployment.nix\n!/deploy/\n")
+    return Checkout(path)
+
+
+@pytest.fixture
+def notes_log(tmp_path: Path) -> Path:
+    return tmp_path / "notes.log"
+
+
+@pytest.fixture
+def notes_provider(notes_log: Path) -> Callable[..., str]:
+    """The Nix text declaring the shell provider as ``providers.notes``."""
+
+    def declare() -> str:
+        return (
+            f'providers.notes = {{ executable = "{NOTES_PROVIDER}"; args = [ "{notes_log}" ];'
+            ' resourceTypes = [ "note" ]; };'
+        )
+
+    return declare
+
+
+def assert_clean_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A user's mistake: non-zero exit, the expected words on stderr, and no Python traceback."""
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    for needle in needles:
+        assert needle in done.stderr, f"{needle!r} not in stderr:\n{done.stderr}"

@@ -1,0 +1,31 @@
+#!/bin/sh
+# A test provider written in POSIX shell, to prove the protocol is open to any language.
+# Resource type "note": input "text" (and optional "mode"); output "id" (this process's pid and a counter).
+# The "mode" input makes it misbehave on purpose: crash, hang, garbage, refuse, wrongkind.
+# Every request line it reads and every response it writes is appended to the file named by $1 (if given),
+# each prefixed with "<pid> > " or "<pid> < ".
+log=${1:-/dev/null}
+n=0
+reply() {
+  printf '%s\n' "$1"
+  printf '%s < %s\n' "$$" "$1" >>"$log"
+}
+while IFS= read -r line; do
+  printf '%s > %s\n' "$$" "$line" >>"$log"
+  n=$((n + 1))
+  text=$(printf '%s' "$line" | sed -n 's/.*"inputProperties":{[^}]*"text":"\([^"]*\)".*/\1/p' | tail -n 1)
+  case "$line" in
+    *'"mode":"crash"'*) echo "notes: crashing on purpose" >&2; exit 3 ;;
+    *'"mode":"hang"'*) exec sleep 600 ;;
+    *'"mode":"garbage"'*) echo "this is not json"; continue ;;
+    *'"mode":"refuse"'*) reply '{"errorResponse":{"message":"notes: refusing on purpose"}}'; continue ;;
+    *'"mode":"wrongkind"'*) reply '{"updateResourceResponse":{"outputProperties":{}}}'; continue ;;
+  esac
+  case "$line" in
+    '{"createResourceRequest"'*) reply "{\"createResourceResponse\":{\"outputProperties\":{\"id\":\"$$-$n\",\"text\":\"$text\"}}}" ;;
+    '{"updateResourceRequest"'*) reply "{\"updateResourceResponse\":{\"outputProperties\":{\"id\":\"$$-$n\",\"text\":\"$text\"}}}" ;;
+    '{"destroyResourceRequest"'*) reply '{"destroyResourceResponse":{}}' ;;
+    '{"readResourceRequest"'*) reply '{"readResourceResponse":{"outputProperties":{}}}' ;;
+    *) reply '{"errorResponse":{"message":"notes: unsupported request"}}' ;;
+  esac
+done

@@ -1,0 +1,206 @@
+"""The command-line contract, end to end: real Git, real nix-instantiate, real provider processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import Checkout, assert_clean_error, git
+
+CHAIN = """
+{ members, providers, ... }:
+{
+  members.greeting = { type = providers.local.exec; inputs = { executable = "echo"; args = [ "GREETING" ]; }; };
+  members.motd = {
+    type = providers.local.file;
+    inputs = { name = "motd.txt"; contents = members.greeting.outputs.stdout; };
+  };
+  members.site = {
+    members.index = {
+      type = providers.local.file;
+      inputs = { name = "index.html"; contents = "<h1>${members.greeting.outputs.stdout}</h1>"; };
+    };
+  };
+  members.memo = { type = providers.local.memo; inputs.initialize_with = "MEMO"; };
+}
+"""
+
+
+def test_plan_apply_noop_update_destroy(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN.replace("GREETING", "hello"))
+    plan = checkout.plan()
+    assert {p: c["action"] for p, c in plan.items()} == {
+        "greeting": "create",
+        "memo": "create",
+        "motd": "create",
+        "site.index": "create",
+    }
+    assert plan["motd"]["type"] == "local.file"
+    assert plan["motd"]["afterUnknown"] == ["contents"]
+    assert plan["motd"]["dependsOn"] == ["greeting"]
+
+    applied = checkout.ok("apply", "--yes")
+    assert "Apply complete!" in applied.stdout
+    assert (checkout.path / "motd.txt").read_text() == "hello\n"
+    assert (checkout.path / "index.html").read_text() == "<h1>hello\n</h1>"
+
+    state = checkout.state()
+    assert set(state) == {"greeting", "memo", "motd", "site.index"}
+    assert state["greeting"]["outputs"] == {"stdout": "hello\n"}
+    assert state["motd"]["inputs"] == {"name": "motd.txt", "contents": "hello\n"}
+    assert state["motd"]["dependencies"] == ["greeting"]
+    assert state["memo"]["outputs"] == {"value": "MEMO"}
+
+    # Nothing changed: a plan of all no-ops, and an apply that commits nothing.
+    assert {c["action"] for c in checkout.plan().values()} == {"noop"}
+    commits = len(checkout.state_log())
+    assert "No changes" in checkout.ok("apply", "--yes").stdout
+    assert len(checkout.state_log()) == commits
+
+    # A change upstream: its readers are shown as known after apply, then updated.
+    source = checkout.deploy(CHAIN.replace("GREETING", "bonjour").replace('"MEMO"', '"OTHER"'))
+    plan = checkout.plan()
+    assert plan["greeting"]["action"] == "update"
+    assert plan["greeting"]["fields"] == [{"field": "args", "before": ["hello"], "after": ["bonjour"]}]
+    assert plan["motd"]["action"] == "update"
+    assert plan["motd"]["afterUnknown"] == ["contents"]
+    assert plan["memo"]["action"] == "update"
+    checkout.ok("apply", "--yes")
+    assert (checkout.path / "motd.txt").read_text() == "bonjour\n"
+    assert checkout.state()["memo"]["outputs"] == {"value": "MEMO"}, "a memo keeps its first value"
+    message = checkout.state_log()[0]
+    assert message.startswith(f"Apply {source[:12]}: +0 ~4 -0")
+    assert f"Source-Commit: {source}" in message
+
+    destroyed = checkout.ok("destroy", "--yes")
+    assert "Destroy complete!" in destroyed.stdout
+    assert checkout.state() == {}
+    assert not (checkout.path / "motd.txt").exists()
+    # Deletes run in reverse dependency order: the readers of greeting before greeting.
+    order = [line.split(":")[0] for line in destroyed.stdout.splitlines() if line.endswith("Deleting...")]
+    assert order.index("motd") < order.index("greeting")
+    assert order.index("site.index") < order.index("greeting")
+
+
+def test_removed_resource_is_deleted_and_work_tree_untouched(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN.replace("GREETING", "hi"))
+    checkout.ok("apply", "--yes")
+    checkout.deploy(
+        """
+        { members, providers, ... }:
+        { members.greeting = { type = providers.local.exec; inputs = { executable = "echo"; args = [ "hi" ]; }; }; }
+        """
+    )
+    plan = checkout.plan()
+    assert plan["motd"]["action"] == "delete"
+    assert plan["greeting"]["action"] == "noop"
+    checkout.ok("apply", "--yes")
+    assert set(checkout.state()) == {"greeting"}
+    assert not (checkout.path / "index.html").exists()
+    assert git(checkout.path, "status", "--porcelain") == ""
+    assert git(checkout.path, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+
+
+def test_replace_when_type_changes(checkout: Checkout) -> None:
+    checkout.deploy(
+        """
+        { members, providers, ... }:
+        { members.x = { type = providers.local.file; inputs = { name = "x.txt"; contents = "x"; }; }; }
+        """
+    )
+    checkout.ok("apply", "--yes")
+    checkout.deploy(
+        """
+        { members, providers, ... }:
+        { members.x = { type = providers.local.memo; inputs = { initialize_with = 1; }; }; }
+        """
+    )
+    plan = checkout.plan()
+    assert plan["x"]["action"] == "replace"
+    assert "type changed" in plan["x"]["reason"]
+    checkout.ok("apply", "--yes")
+    assert not (checkout.path / "x.txt").exists()
+    assert checkout.state()["x"]["type"] == "local.memo"
+
+
+def test_prevent_destroy_refuses_delete_and_replace(checkout: Checkout) -> None:
+    checkout.deploy(
+        """
+        { members, providers, ... }:
+        { members.keep = { type = providers.local.file; inputs = { name = "k"; contents = "k"; };
+                           lifecycle.preventDestroy = true; }; }
+        """
+    )
+    checkout.ok("apply", "--yes")
+    checkout.deploy("{ members, providers, ... }: { }")
+    assert_clean_error(checkout.run("plan"), "keep", "preventDestroy")
+    assert_clean_error(checkout.run("apply", "--yes"), "keep", "preventDestroy")
+    assert_clean_error(checkout.run("destroy", "--yes"), "keep")
+    assert (checkout.path / "k").exists()
+    checkout.deploy(
+        """
+        { members, providers, ... }:
+        { members.keep = { type = providers.local.memo; inputs.initialize_with = 1; lifecycle.preventDestroy = true; }; }
+        """
+    )
+    assert_clean_error(checkout.run("plan"), "keep would be replaced")
+    assert set(checkout.state()) == {"keep"}
+
+
+def test_apply_requires_yes_without_a_terminal(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN)
+    assert_clean_error(checkout.run("apply"), "--yes")
+    assert checkout.state() == {}
+
+
+def test_human_plan_reads_like_terraform(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN.replace("GREETING", "hi"))
+    out = checkout.ok("plan").stdout
+    assert "# motd will be created" in out
+    assert "+ contents = (known after apply)" in out
+    assert "Plan: 4 to create, 0 to update, 0 to replace, 0 to delete." in out
+
+
+def test_custom_provider_in_shell_with_pooled_processes(
+    checkout: Checkout, notes_provider: Callable[[], str], notes_log: Path
+) -> None:
+    notes = "\n".join(f'  members.n{i} = {{ type = providers.notes.note; inputs.text = "t{i}"; }};' for i in range(12))
+    checkout.deploy(
+        f"""
+{{ members, providers, ... }}:
+{{
+  {notes_provider()}
+{notes}
+  members.last = {{ type = providers.notes.note; inputs.text = members.n0.outputs.id; }};
+}}
+"""
+    )
+    checkout.ok("apply", "--yes", "--parallelism", "3")
+    state = checkout.state()
+    assert len(state) == 13
+    assert state["last"]["inputs"]["text"] == state["n0"]["outputs"]["id"]
+    pids = {line.split(" ", 1)[0] for line in notes_log.read_text().splitlines()}
+    assert 1 <= len(pids) <= 3, f"expected a pool of at most 3 processes, saw {len(pids)}"
+
+
+def test_state_list_and_show(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN.replace("GREETING", "x"))
+    checkout.ok("apply", "--yes")
+    listed = checkout.ok("state", "list").stdout.split()
+    assert "motd" in listed and "local.file" in listed
+    shown = json.loads(checkout.ok("state", "show", "motd").stdout)
+    assert shown["path"] == "motd" and shown["outputs"] == {}
+    assert_clean_error(checkout.run("state", "show", "nope"), "nope")
+
+
+def test_options_dir_file_and_state_branch(checkout: Checkout, tmp_path: Path) -> None:
+    (checkout.path / "deploy").mkdir()
+    checkout.write(
+        "{ members, providers, ... }: { members.a = { type = providers.local.memo; inputs.initialize_with = 1; }; }",
+        "deploy/prod.nix",
+    )
+    checkout.commit()
+    done = checkout.run("apply", "--yes", "--dir", "deploy", "--file", "prod.nix", "--state-branch", "ops/state")
+    assert done.returncode == 0, done.stderr
+    assert "default/resources/a.json" in git(checkout.path, "ls-tree", "-r", "--name-only", "ops/state")
