@@ -177,12 +177,16 @@ class Executor:
         pool: ThreadPoolExecutor,
         evaluator: ThreadPoolExecutor,
     ) -> None:
+        """Creates, updates and replaces. Work per event is proportional to what the event changed."""
         moving = {Action.CREATE, Action.UPDATE, Action.REPLACE}
         actions = {c.path: c.action for c in plan.changes if c.action in moving}
-        pending = set(actions)
+        ready = {p for p in actions if desired[p].ready}  # known inputs, not yet submitted
+        blocked = set(actions) - ready  # waiting for outputs of others
+        unsettled = set(actions)  # outputs not final yet: ready, blocked or running
         failed: set[str] = set()
         running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = {}
         evaluation: Future[Evaluation] | None = None
+        asked: set[str] = set()  # the paths the running evaluation was asked about
         stale = False  # something settled since the last evaluation started
         broken: str | None = None  # an evaluation failed: start nothing new
 
@@ -190,23 +194,20 @@ class Executor:
             return dependencies.get(path, frozenset()) | desired[path].blocked_by
 
         while True:
-            busy = {path for path, _ in running.values()}
             if broken is None:
-                for path in sorted(pending - busy):
-                    if not desired[path].ready:
-                        continue
+                for path in sorted(ready):
                     change = decide(desired[path], self.state.get(path))
                     if change.action is Action.NOOP:
-                        pending.discard(path)
+                        unsettled.discard(path)
                         self._finish(path, Action.NOOP, "ok", "inputs unchanged once known")
                         stale = True
                         continue
                     running[self._submit(pool, change, desired[path], deps_of(path))] = (path, change.action)
-                    busy.add(path)
-            blocked = {p for p in pending - busy if not desired[p].ready}
+                ready.clear()
             if broken is None and evaluation is None and stale and blocked:
-                known = {p: s.outputs for p, s in self.state.items() if p not in pending and p not in failed}
-                evaluation = evaluator.submit(self.evaluate, known, set(blocked))
+                known = {p: s.outputs for p, s in self.state.items() if p not in unsettled and p not in failed}
+                asked = set(blocked)
+                evaluation = evaluator.submit(self.evaluate, known, asked)
                 stale = False
             waiting: set[Future[Any]] = set(running)
             if evaluation is not None:
@@ -222,17 +223,21 @@ class Executor:
                     except NixgitopsError as exc:
                         broken = str(exc)
                         continue
-                    for path, resource in answer.resources.items():
-                        if path in pending and path not in busy:
+                    for path in asked & blocked:
+                        resource = answer.resources.get(path)
+                        if resource is not None:
                             desired[path] = resource
+                            if resource.ready:
+                                blocked.discard(path)
+                                ready.add(path)
                     continue
                 path, action = running.pop(future)
-                pending.discard(path)
+                unsettled.discard(path)
                 if self._settle(future, path, action):
                     stale = True
                 else:
                     failed.add(path)
-        self._unblock(pending, failed, desired, deps_of, actions, broken)
+        self._unblock(blocked | ready, failed, desired, deps_of, actions, broken)
 
     def _unblock(
         self,
@@ -263,6 +268,7 @@ class Executor:
             self._finish(path, actions[path], "skipped", f"skipped: it reads outputs of {why}, which failed")
 
     def _delete(self, plan: Plan, pool: ThreadPoolExecutor) -> None:
+        """Deletes, each after every resource recorded as reading it is gone."""
         doomed = {c.path: c for c in plan.changes if c.action is Action.DELETE}
         if not doomed:
             return
@@ -271,24 +277,34 @@ class Executor:
             for source in resource.dependencies:
                 if source in readers and source != reader:
                     readers[source].add(reader)
-        cycle = find_cycle({p: readers[p] & set(doomed) for p in doomed})
+        cycle = find_cycle({p: readers[p] & doomed.keys() for p in doomed})
         if cycle:
             message = f"dependency cycle in state: {describe_cycle(cycle)}; delete these by hand and remove them"
             for path in cycle:
                 self._finish(path, Action.DELETE, "failed", message)
                 del doomed[path]
         running: dict[Future[tuple[ResourceState | None, float]], str] = {}
-        started: set[str] = set()
+        waiting = {p for p in doomed if readers[p]}
+        startable = set(doomed) - waiting
         while True:
-            for path in sorted(set(doomed) - started):
-                if not (readers[path] & self.state.keys()):
-                    started.add(path)
-                    running[self._submit(pool, doomed[path], None, frozenset())] = path
+            for path in sorted(startable):
+                running[self._submit(pool, doomed[path], None, frozenset())] = path
+            startable.clear()
             if not running:
                 break
             done, _ = wait(set(running), return_when=FIRST_COMPLETED)
             for future in done:
-                self._settle(future, running.pop(future), Action.DELETE)
-        for path in sorted(set(doomed) - started):
-            still = sorted(readers[path] & self.state.keys())
+                path = running.pop(future)
+                if not self._settle(future, path, Action.DELETE):
+                    continue
+                gone = doomed[path].before
+                assert gone is not None
+                for source in gone.dependencies:
+                    if source in waiting:
+                        readers[source].discard(path)
+                        if not readers[source]:
+                            waiting.discard(source)
+                            startable.add(source)
+        for path in sorted(waiting):
+            still = sorted(readers[path])
             self._finish(path, Action.DELETE, "skipped", f"not deleted: still read by {', '.join(still)}, which remain")
