@@ -42,7 +42,8 @@ class ProviderProcess:
             ) from None
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._log = log
-        threading.Thread(target=self._pump_stdout, args=(self.proc.stdout,), daemon=True).start()
+        self._stdout_pump = threading.Thread(target=self._pump_stdout, args=(self.proc.stdout,), daemon=True)
+        self._stdout_pump.start()
         self._stderr_pump = threading.Thread(target=self._pump_stderr, args=(self.proc.stderr,), daemon=True)
         self._stderr_pump.start()
 
@@ -120,6 +121,7 @@ class ProviderProcess:
             self.proc.wait(timeout=grace)
         except Exception:
             self.stop()
+        self._release()
 
     def stop(self) -> None:
         """Kill the process (and anything it started) now."""
@@ -128,6 +130,12 @@ class ProviderProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
+        self._release()
+
+    def _release(self) -> None:
+        """Close our ends of the pipes once the pumps have read what the ended process left in them."""
+        self._stdout_pump.join(timeout=2)
+        self._stderr_pump.join(timeout=2)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):

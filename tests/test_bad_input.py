@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from conftest import Checkout, assert_clean_error
 
 BASE = """
@@ -59,7 +58,8 @@ def test_user_assert_is_not_mistaken_for_an_unknown_output(applied: Checkout) ->
     applied.deploy(
         BASE.replace(
             "EXTRA",
-            'members.x = { type = providers.local.memo; inputs.initialize_with = assert members.kept.inputs.initialize_with == "other"; 1; };',
+            "members.x = { type = providers.local.memo;"
+            ' inputs.initialize_with = assert members.kept.inputs.initialize_with == "other"; 1; };',
         )
     )
     assert_clean_error(applied.run("plan"), "assertion", "resource 'x'")

@@ -141,7 +141,8 @@ def test_prevent_destroy_refuses_delete_and_replace(checkout: Checkout) -> None:
     checkout.deploy(
         """
         { members, providers, ... }:
-        { members.keep = { type = providers.local.memo; inputs.initialize_with = 1; lifecycle.preventDestroy = true; }; }
+        { members.keep = { type = providers.local.memo; inputs.initialize_with = 1;
+                           lifecycle.preventDestroy = true; }; }
         """
     )
     assert_clean_error(checkout.run("plan"), "keep would be replaced")

@@ -14,9 +14,9 @@ from typing import Any
 
 import jsonschema
 import pytest
+from conftest import ROOT, Checkout
 from referencing import Registry, Resource
 
-from conftest import ROOT, Checkout
 from controller import local_provider, protocol
 
 SCHEMA = json.loads((ROOT / "controller" / "schema" / "provider-protocol-v0.json").read_text())

@@ -1,0 +1,105 @@
+"""Provider processes, for real: pooling, reuse, and every way a provider can fail."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import NOTES_PROVIDER
+
+from controller import protocol
+from controller.errors import ProviderError
+from controller.evaluation import local_provider_spec
+from controller.model import ProviderSpec
+from controller.provider_client import Providers
+
+
+def notes(log: Path) -> ProviderSpec:
+    return ProviderSpec("notes", str(NOTES_PROVIDER), (str(log),), frozenset({"note"}))
+
+
+def create(providers: Providers, text: str, mode: str | None = None) -> dict[str, object]:
+    inputs = {"text": text} if mode is None else {"text": text, "mode": mode}
+    return providers.call("notes", protocol.create_request("note", inputs), what=f"create {text}")
+
+
+def test_one_process_serves_many_requests(tmp_path: Path) -> None:
+    with Providers({"notes": notes(tmp_path / "log")}, size=4) as providers:
+        ids = [create(providers, f"t{i}")["outputProperties"]["id"] for i in range(10)]  # type: ignore[index]
+        assert providers.started() == {"notes": 1}
+    assert len({str(i).split("-")[0] for i in ids}) == 1
+
+
+def test_pool_grows_to_its_size_under_concurrency_and_no_further(tmp_path: Path) -> None:
+    with Providers({"notes": notes(tmp_path / "log")}, size=3) as providers:
+        barrier = threading.Barrier(6)
+
+        def work() -> None:
+            barrier.wait(timeout=30)
+            for i in range(5):
+                create(providers, f"x{i}")
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert 1 <= providers.started()["notes"] <= 3
+
+
+def test_error_response_keeps_the_process(tmp_path: Path) -> None:
+    with Providers({"notes": notes(tmp_path / "log")}, size=1) as providers:
+        with pytest.raises(ProviderError, match="refusing on purpose") as error:
+            create(providers, "a", "refuse")
+        assert not error.value.fatal
+        create(providers, "b")
+        assert providers.started() == {"notes": 1}
+
+
+@pytest.mark.parametrize(
+    ("mode", "needle"),
+    [
+        ("crash", "exited while handling create a \\(exit code 3\\)"),
+        ("garbage", "the line is not JSON: 'this is not json'"),
+        ("hang", "did not answer create a within 1s"),
+        ("wrongkind", "got updateResourceResponse"),
+    ],
+)
+def test_a_broken_process_is_replaced(tmp_path: Path, mode: str, needle: str) -> None:
+    with Providers({"notes": notes(tmp_path / "log")}, size=1, timeout=1) as providers:
+        with pytest.raises(ProviderError, match=needle) as error:
+            create(providers, "a", mode)
+        assert error.value.fatal
+        assert create(providers, "b")["outputProperties"]
+        assert providers.started() == {"notes": 2}
+
+
+def test_missing_executable() -> None:
+    spec = ProviderSpec("ghost", "/nonexistent/ghost", (), frozenset({"x"}))
+    with Providers({"ghost": spec}) as providers, pytest.raises(ProviderError, match="Cannot start provider 'ghost'"):
+        providers.call("ghost", protocol.create_request("x", {}), what="create")
+
+
+def test_undeclared_provider() -> None:
+    with Providers({}) as providers, pytest.raises(ProviderError, match="No provider 'nope' is declared"):
+        providers.call("nope", protocol.create_request("x", {}), what="create")
+
+
+def test_provider_logs_are_forwarded_with_its_name(tmp_path: Path) -> None:
+    lines: list[str] = []
+    with Providers({"notes": notes(tmp_path / "log")}, log=lines.append) as providers, pytest.raises(ProviderError):
+        create(providers, "a", "crash")
+    assert "[notes] notes: crashing on purpose" in lines
+
+
+def test_close_ends_the_processes(tmp_path: Path) -> None:
+    providers = Providers({"local": local_provider_spec()})
+    body = providers.call("local", protocol.create_request("memo", {"initialize_with": 5}), what="memo")
+    assert body == {"outputProperties": {"value": 5}}
+    pool = providers._pools["local"]
+    process = pool._all[0]
+    providers.close()
+    assert process.proc.returncode == 0, "the provider exits by itself on EOF"
+    assert sys.executable == local_provider_spec().executable
