@@ -1,0 +1,224 @@
+"""The executor's ordering, parallelism and failure handling, with small fakes of our own interfaces.
+
+The fakes stand in for the evaluator (a function from known outputs to desired resources) and for the
+provider pools (an object with ``call``); the real ones are exercised in test_cli and test_bad_input.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controller import protocol
+from controller.apply import Event, Executor
+from controller.errors import ProviderError
+from controller.evaluation import Evaluation
+from controller.model import UNKNOWN, DesiredResource, ResourceState
+from controller.planning import Action, plan
+
+Inputs = Callable[[Mapping[str, Mapping[str, Any]]], dict[str, Any]]
+
+
+class FakeDeployment:
+    """Resources whose inputs are functions of known outputs; a missing output makes a field unknown."""
+
+    def __init__(self, resources: dict[str, tuple[Inputs, set[str]]]) -> None:
+        self.resources = resources
+        self.passes = 0
+
+    def desired(self, path: str, known: Mapping[str, Mapping[str, Any]]) -> DesiredResource:
+        compute, reads = self.resources[path]
+        if reads <= known.keys():
+            return DesiredResource(path, "fake.thing", compute(known))
+        missing = frozenset(reads - known.keys())
+        return DesiredResource(path, "fake.thing", {"value": UNKNOWN}, blocked_by=missing)
+
+    def evaluate(self, known: Mapping[str, Mapping[str, Any]], select: set[str] | None = None) -> Evaluation:
+        self.passes += 1
+        paths = self.resources if select is None else select
+        return Evaluation({p: self.desired(p, known) for p in paths}, {})
+
+
+class FakeProviders:
+    """Records calls; ``behaviour`` may raise or block per request."""
+
+    def __init__(self, behaviour: Callable[[str, dict[str, Any]], None] = lambda kind, body: None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.behaviour = behaviour
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+
+    def call(self, provider: str, message: dict[str, Any], *, what: str) -> dict[str, Any]:
+        kind = protocol.kind_of(message)
+        body = message[kind]
+        path = what.split("'")[1]
+        with self.lock:
+            self.calls.append((kind, path))
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            self.behaviour(kind, body)
+        finally:
+            with self.lock:
+                self.active -= 1
+        if kind == protocol.DESTROY:
+            return {}
+        inputs = body["inputProperties"]
+        return {"outputProperties": {"out": f"{path}:{inputs.get('value')}"}}
+
+
+def run(
+    deployment: FakeDeployment,
+    providers: FakeProviders,
+    state: dict[str, ResourceState] | None = None,
+    parallelism: int = 8,
+    destroy: bool = False,
+) -> tuple[Executor, list[Event]]:
+    state = state or {}
+    known = {p: s.outputs for p, s in state.items()}
+    desired = {} if destroy else deployment.evaluate(known).resources
+    # Like compute_plan: anything that will change makes its readers wait.
+    moving = {p for p, d in desired.items() if p not in state or d.inputs != state[p].inputs}
+    desired = {} if destroy else deployment.evaluate({p: o for p, o in known.items() if p not in moving}).resources
+    events: list[Event] = []
+    executor = Executor(
+        providers=providers,  # type: ignore[arg-type]
+        evaluate=deployment.evaluate,
+        parallelism=parallelism,
+        report=events.append,
+    )
+    executor.run(plan(desired, state, destroy=destroy), desired, {}, state)
+    return executor, events
+
+
+def const(value: str) -> tuple[Inputs, set[str]]:
+    return (lambda known: {"value": value}), set()
+
+
+def reads(source: str) -> tuple[Inputs, set[str]]:
+    return (lambda known: {"value": known[source]["out"]}), {source}
+
+
+def test_readers_wait_for_the_outputs_they_read() -> None:
+    deployment = FakeDeployment({"a": const("1"), "b": reads("a"), "c": reads("b"), "d": const("2")})
+    providers = FakeProviders()
+    executor, _ = run(deployment, providers)
+    order = [path for _, path in providers.calls]
+    assert order.index("a") < order.index("b") < order.index("c")
+    assert executor.state["c"].inputs == {"value": "b:a:1"}
+    assert all(o.status == "ok" for o in executor.outcomes.values())
+
+
+def test_independent_resources_run_in_parallel() -> None:
+    barrier = threading.Barrier(4, timeout=30)
+    providers = FakeProviders(lambda kind, body: barrier.wait() and None)
+    executor, _ = run(FakeDeployment({f"r{i}": const(str(i)) for i in range(4)}), providers, parallelism=4)
+    assert all(o.status == "ok" for o in executor.outcomes.values()), "four calls must be in flight at once"
+
+
+def test_parallelism_is_a_bound() -> None:
+    providers = FakeProviders()
+    run(FakeDeployment({f"r{i}": const(str(i)) for i in range(30)}), providers, parallelism=3)
+    assert len(providers.calls) == 30 and providers.most <= 3
+
+
+def test_a_failure_skips_its_dependents_but_not_siblings() -> None:
+    def fail_bad(kind: str, body: dict[str, Any]) -> None:
+        if body.get("inputProperties", {}).get("value") == "bad":
+            raise ProviderError("boom")
+
+    deployment = FakeDeployment(
+        {"bad": const("bad"), "reader": reads("bad"), "deep": reads("reader"), "ok": const("ok"), "okr": reads("ok")}
+    )
+    executor, _ = run(deployment, FakeProviders(fail_bad))
+    status = {p: o.status for p, o in executor.outcomes.items()}
+    assert status == {"bad": "failed", "reader": "skipped", "deep": "skipped", "ok": "ok", "okr": "ok"}
+    assert "bad" in executor.outcomes["deep"].message
+    assert set(executor.state) == {"ok", "okr"}
+
+
+def test_unchanged_once_known_is_a_noop_without_a_call() -> None:
+    state = {
+        "a": ResourceState("a", "fake.thing", {"value": "1"}, {"out": "a:1"}),
+        "b": ResourceState("b", "fake.thing", {"value": "a:1"}, {"out": "b:a:1"}, ("a",)),
+    }
+    deployment = FakeDeployment({"a": (lambda known: {"value": "1", "extra": 1}, set()), "b": reads("a")})
+    providers = FakeProviders()
+    executor, _ = run(deployment, providers, state)
+    assert providers.calls == [("updateResourceRequest", "a")]
+    assert executor.outcomes["b"].action is Action.NOOP
+
+
+def test_deletes_run_in_reverse_dependency_order() -> None:
+    state = {
+        "a": ResourceState("a", "fake.thing", {}, {}),
+        "b": ResourceState("b", "fake.thing", {}, {}, ("a",)),
+        "c": ResourceState("c", "fake.thing", {}, {}, ("b",)),
+        "x": ResourceState("x", "fake.thing", {}, {}),
+    }
+    providers = FakeProviders()
+    executor, _ = run(FakeDeployment({}), providers, state, destroy=True)
+    order = [path for _, path in providers.calls]
+    assert order.index("c") < order.index("b") < order.index("a")
+    assert executor.state == {}
+
+
+def test_a_failed_delete_keeps_what_it_reads() -> None:
+    state = {
+        "a": ResourceState("a", "fake.thing", {}, {}),
+        "b": ResourceState("b", "fake.thing", {"value": "stuck"}, {}, ("a",)),
+    }
+
+    def fail_b(kind: str, body: dict[str, Any]) -> None:
+        if body["resource"]["inputProperties"].get("value") == "stuck":
+            raise ProviderError("cannot")
+
+    executor, _ = run(FakeDeployment({}), FakeProviders(fail_b), state, destroy=True)
+    assert executor.outcomes["b"].status == "failed"
+    assert executor.outcomes["a"].status == "skipped"
+    assert "still read by b" in executor.outcomes["a"].message
+    assert set(executor.state) == {"a", "b"}
+
+
+def test_half_replaced_resource_leaves_state() -> None:
+    state = {"a": ResourceState("a", "old.thing", {"value": "1"}, {})}
+
+    def fail_create(kind: str, body: dict[str, Any]) -> None:
+        if kind == protocol.CREATE:
+            raise ProviderError("no capacity")
+
+    executor, _ = run(FakeDeployment({"a": const("1")}), FakeProviders(fail_create), state)
+    assert executor.outcomes["a"].action is Action.REPLACE
+    assert "already destroyed" in executor.outcomes["a"].message
+    assert executor.state == {}
+
+
+def test_a_cycle_found_while_applying_is_named() -> None:
+    deployment = FakeDeployment({"a": reads("b"), "b": reads("a"), "c": reads("a"), "d": const("d")})
+    executor, _ = run(deployment, FakeProviders())
+    status = {p: o.status for p, o in executor.outcomes.items()}
+    assert status == {"a": "failed", "b": "failed", "c": "skipped", "d": "ok"}
+    assert "cycle: a -> b -> a" in executor.outcomes["a"].message
+
+
+def test_events_report_start_and_end() -> None:
+    _, events = run(FakeDeployment({"a": const("1")}), FakeProviders())
+    assert [(e.kind, e.path, e.action) for e in events] == [("start", "a", Action.CREATE), ("ok", "a", Action.CREATE)]
+
+
+def test_failed_reevaluation_fails_the_waiting_resources() -> None:
+    deployment = FakeDeployment({"a": const("1"), "b": reads("a")})
+    original = deployment.evaluate
+
+    def evaluate(known: Mapping[str, Mapping[str, Any]], select: set[str] | None = None) -> Evaluation:
+        if select is not None:
+            raise ProviderError("evaluation broke")
+        return original(known, select)
+
+    deployment.evaluate = evaluate  # type: ignore[method-assign]
+    executor, _ = run(deployment, FakeProviders())
+    assert executor.outcomes["a"].status == "ok"
+    assert executor.outcomes["b"].status == "failed"
+    assert "evaluation broke" in executor.outcomes["b"].message
