@@ -187,12 +187,33 @@ class Executor:
         running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = {}
         evaluation: Future[Evaluation] | None = None
         asked: set[str] = set()  # the paths the running evaluation was asked about
+        # A blocked resource is evaluated again once a resource it was seen waiting for has settled; one whose
+        # blocker is not known (its whole inputs failed without a marker) is evaluated after every settle.
+        waiting_on: dict[str, set[str]] = {}
+        opaque: set[str] = set()
+        candidates: set[str] = set()
         stale = False  # something settled since the last evaluation started
         broken: str | None = None  # an evaluation failed: start nothing new
 
         def deps_of(path: str) -> frozenset[str]:
             return dependencies.get(path, frozenset()) | desired[path].blocked_by
 
+        def wait_for(path: str) -> None:
+            if desired[path].blocked_by & failed:
+                return  # stuck for good: reported as skipped at the end
+            blockers = desired[path].blocked_by & unsettled
+            if not blockers:
+                opaque.add(path)
+            for blocker in blockers:
+                waiting_on.setdefault(blocker, set()).add(path)
+
+        def settled(path: str) -> None:
+            nonlocal stale
+            stale = True
+            candidates.update(waiting_on.pop(path, ()))
+
+        for path in blocked:
+            wait_for(path)
         while True:
             if broken is None:
                 for path in sorted(ready):
@@ -200,13 +221,15 @@ class Executor:
                     if change.action is Action.NOOP:
                         unsettled.discard(path)
                         self._finish(path, Action.NOOP, "ok", "inputs unchanged once known")
-                        stale = True
+                        settled(path)
                         continue
                     running[self._submit(pool, change, desired[path], deps_of(path))] = (path, change.action)
                 ready.clear()
-            if broken is None and evaluation is None and stale and blocked:
+            if broken is None and evaluation is None and stale and (candidates or opaque):
                 known = {p: s.outputs for p, s in self.state.items() if p not in unsettled and p not in failed}
-                asked = set(blocked)
+                asked = (candidates | opaque) & blocked
+                candidates.clear()
+                opaque -= asked
                 evaluation = evaluator.submit(self.evaluate, known, asked)
                 stale = False
             waiting: set[Future[Any]] = set(running)
@@ -223,18 +246,21 @@ class Executor:
                     except NixgitopsError as exc:
                         broken = str(exc)
                         continue
-                    for path in asked & blocked:
+                    for path in asked:
                         resource = answer.resources.get(path)
-                        if resource is not None:
-                            desired[path] = resource
-                            if resource.ready:
-                                blocked.discard(path)
-                                ready.add(path)
+                        if resource is None:
+                            continue
+                        desired[path] = resource
+                        if resource.ready:
+                            blocked.discard(path)
+                            ready.add(path)
+                        else:
+                            wait_for(path)
                     continue
                 path, action = running.pop(future)
                 unsettled.discard(path)
                 if self._settle(future, path, action):
-                    stale = True
+                    settled(path)
                 else:
                     failed.add(path)
         self._unblock(blocked | ready, failed, desired, deps_of, actions, broken)

@@ -174,6 +174,7 @@ class NixEvaluator:
                 "--strict",
                 "--json",
                 "--readonly-mode",
+                *(["--store", store] if (store := os.environ.get("NIXGITOPS_NIX_STORE")) else []),
                 *(["--show-trace"] if self.show_trace else []),
                 str(harness_path()),
                 "--argstr",

@@ -155,3 +155,12 @@ def test_parse_traces_attributes_unknowns_to_fields() -> None:
     assert traces.user_errors == [("a", "g")]
     assert traces.reads == {"b": {"y"}}
     assert traces.other == ["trace: user says hi"]
+
+
+def test_store_setting_is_passed_to_nix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ev = evaluator(tmp_path, LAYERED)
+    monkeypatch.setenv("NIXGITOPS_NIX_STORE", "dummy://")
+    assert set(ev.evaluate({}).resources) == {"base", "mid", "top.leaf"}
+    monkeypatch.setenv("NIXGITOPS_NIX_STORE", "bogus://nowhere")
+    with pytest.raises(EvaluationError, match="bogus"):
+        ev.evaluate({})
