@@ -68,6 +68,7 @@ class Executor:
     report: Callable[[Event], None] = lambda event: None
     state: dict[str, ResourceState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    _running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = field(default_factory=dict)
 
     # -- one operation (runs in a worker thread) -----------------------------------------------------------
 
@@ -130,10 +131,24 @@ class Executor:
     ) -> dict[str, Outcome]:
         self.state = dict(state)
         with ThreadPoolExecutor(max_workers=max(1, self.parallelism), thread_name_prefix="apply") as pool:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as evaluator:
-                self._converge(plan, dict(desired), dependencies, pool, evaluator)
-            self._delete(plan, pool)
+            try:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as evaluator:
+                    self._converge(plan, dict(desired), dependencies, pool, evaluator)
+                self._delete(plan, pool)
+            except BaseException:
+                self._drain()
+                raise
         return self.outcomes
+
+    def _drain(self) -> None:
+        """Interrupted: start nothing more, and record the operations already in flight when they end."""
+        for future, (path, action) in list(self._running.items()):
+            if future.cancel():
+                self._finish(path, action, "skipped", "not started: the run was interrupted")
+            else:
+                wait([future])
+                self._settle(future, path, action)
+        self._running.clear()
 
     def _finish(self, path: str, action: Action, status: str, message: str = "", seconds: float = 0.0) -> None:
         self.outcomes[path] = Outcome(path, action, status, message, seconds)
@@ -184,7 +199,7 @@ class Executor:
         blocked = set(actions) - ready  # waiting for outputs of others
         unsettled = set(actions)  # outputs not final yet: ready, blocked or running
         failed: set[str] = set()
-        running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = {}
+        running = self._running
         evaluation: Future[Evaluation] | None = None
         asked: set[str] = set()  # the paths the running evaluation was asked about
         # A blocked resource is evaluated again once a resource it was seen waiting for has settled; one whose
@@ -309,18 +324,18 @@ class Executor:
             for path in cycle:
                 self._finish(path, Action.DELETE, "failed", message)
                 del doomed[path]
-        running: dict[Future[tuple[ResourceState | None, float]], str] = {}
+        running = self._running
         waiting = {p for p in doomed if readers[p]}
         startable = set(doomed) - waiting
         while True:
             for path in sorted(startable):
-                running[self._submit(pool, doomed[path], None, frozenset())] = path
+                running[self._submit(pool, doomed[path], None, frozenset())] = (path, Action.DELETE)
             startable.clear()
             if not running:
                 break
             done, _ = wait(set(running), return_when=FIRST_COMPLETED)
             for future in done:
-                path = running.pop(future)
+                path, _ = running.pop(future)
                 if not self._settle(future, path, Action.DELETE):
                     continue
                 gone = doomed[path].before

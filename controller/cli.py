@@ -88,7 +88,15 @@ def _log(args: argparse.Namespace) -> object:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    return Engine(_settings(args), log=_log(args))  # type: ignore[arg-type]
+    engine = Engine(_settings(args), log=_log(args))  # type: ignore[arg-type]
+    if engine.dirty:
+        print(
+            "Warning: the work tree has uncommitted changes. nixgitops evaluates the files as they are; state will"
+            f" name commit {(engine.source_commit or 'none')[:12]} with Source-Dirty: true. Commit first to keep"
+            " the state branch an exact record.",
+            file=sys.stderr,
+        )
+    return engine
 
 
 def _report(event: Event) -> None:
@@ -149,13 +157,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, *, destroy: bool) -> int:
     engine = _engine(args)
-    planned: Planned = engine.plan(destroy=destroy)
-    print(render_plan(planned.plan))
-    if not planned.plan.has_changes:
-        return 0
-    verb = "destroy" if destroy else "apply"
-    _confirm(args, verb)
-    return _finish(engine.apply(planned, report=_report), engine, verb)
+    with engine.store.locked():
+        planned: Planned = engine.plan(destroy=destroy)
+        print(render_plan(planned.plan))
+        if not planned.plan.has_changes:
+            return 0
+        verb = "destroy" if destroy else "apply"
+        _confirm(args, verb)
+        return _finish(engine.apply(planned, report=_report), engine, verb)
 
 
 def cmd_state(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from controller.state_branch import (
     DEFAULT_BRANCH,
     DEFAULT_IDENTITY,
     StateBranch,
+    has_uncommitted_changes,
     open_repository,
     source_commit,
 )
@@ -137,6 +138,7 @@ class Engine:
         self.entry_file = entry if entry.is_absolute() else (settings.directory / entry)
         self.repo = open_repository(self.entry_file.parent if self.entry_file.parent.exists() else settings.directory)
         self.source_commit = source_commit(self.repo)
+        self.dirty = has_uncommitted_changes(self.repo)
         self.store = StateBranch(
             self.repo,
             branch=settings.state_branch,
@@ -202,6 +204,7 @@ class Engine:
         )
         if ok:
             meta["lastAppliedCommit"] = self.source_commit
+        meta["sourceDirty"] = self.dirty
         plus = counts["create"] + counts["replace"]
         minus = counts["delete"] + counts["replace"]
         title = f"Apply {source[:12]}: +{plus} ~{counts['update']} -{minus}"
@@ -215,6 +218,7 @@ class Engine:
                 *[line for line in body if not line.startswith("noop")],
                 "",
                 f"Source-Commit: {source}",
+                *(["Source-Dirty: true"] if self.dirty else []),
                 "",
             ]
         )

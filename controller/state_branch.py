@@ -11,8 +11,11 @@ One commit per run that changed anything; its message names the source commit an
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,13 @@ def open_repository(directory: Path) -> pygit2.Repository:
     return pygit2.Repository(found)
 
 
+def has_uncommitted_changes(repo: pygit2.Repository) -> bool:
+    """True when tracked files in the work tree differ from HEAD."""
+    if repo.is_bare:
+        return False
+    return bool(repo.status(untracked_files="no"))
+
+
 def source_commit(repo: pygit2.Repository) -> str | None:
     """The commit checked out (HEAD), or None in a repository without commits."""
     if repo.head_is_unborn:
@@ -66,6 +76,30 @@ class StateBranch:
         self.identity = identity
         if not pygit2.reference_is_valid_name(self.ref):
             raise StateError(f"{branch!r} is not a valid Git branch name for the state branch.")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this deployment's lock in this repository, so two runs never apply it at once."""
+        path = Path(self.repo.path) / "nixgitops" / f"{self.deployment}.lock"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise StateError(
+                    f"Another nixgitops run ({holder}) is applying deployment {self.deployment!r} in this"
+                    " repository; wait for it to finish, then run again."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- reading -------------------------------------------------------------------------------------------
 

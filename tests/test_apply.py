@@ -222,3 +222,23 @@ def test_failed_reevaluation_fails_the_waiting_resources() -> None:
     assert executor.outcomes["a"].status == "ok"
     assert executor.outcomes["b"].status == "failed"
     assert "evaluation broke" in executor.outcomes["b"].message
+
+
+def test_an_interrupted_run_records_the_operations_in_flight() -> None:
+    import pytest
+
+    gate = threading.Event()
+    providers = FakeProviders(lambda kind, body: gate.wait(30) and None)
+    deployment = FakeDeployment({"a": const("1"), "b": const("2")})
+    desired = deployment.evaluate({}).resources
+
+    def report(event: Event) -> None:
+        if event.kind == "start" and event.path == "b":
+            gate.set()  # a is in flight and will now finish
+            raise KeyboardInterrupt
+
+    executor = Executor(providers=providers, evaluate=deployment.evaluate, report=report)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        executor.run(plan(desired, {}), desired, {}, {})
+    assert set(executor.state) == {"a"}
+    assert executor.outcomes["a"].status == "ok"

@@ -205,3 +205,26 @@ def test_options_dir_file_and_state_branch(checkout: Checkout, tmp_path: Path) -
     done = checkout.run("apply", "--yes", "--dir", "deploy", "--file", "prod.nix", "--state-branch", "ops/state")
     assert done.returncode == 0, done.stderr
     assert "default/resources/a.json" in git(checkout.path, "ls-tree", "-r", "--name-only", "ops/state")
+
+
+def test_a_second_apply_waits_for_the_lock(checkout: Checkout) -> None:
+    import fcntl
+
+    checkout.deploy(CHAIN)
+    lock = checkout.path / ".git" / "nixgitops" / "default.lock"
+    lock.parent.mkdir()
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write("pid 4242\n")
+        handle.flush()
+        assert_clean_error(checkout.run("apply", "--yes"), "Another nixgitops run (pid 4242)")
+    assert checkout.state() == {}
+    checkout.ok("apply", "--yes")
+
+
+def test_uncommitted_changes_are_flagged(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN)
+    checkout.write(CHAIN.replace("GREETING", "edited"))
+    done = checkout.ok("apply", "--yes")
+    assert "uncommitted changes" in done.stderr
+    assert "Source-Dirty: true" in checkout.state_log()[0]
