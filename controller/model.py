@@ -13,21 +13,41 @@ LOCAL_PROVIDER: Final = "local"
 LOCAL_RESOURCE_TYPES: Final = ("file", "exec", "memo")
 
 
-class Unknown:
-    """The value of an input that reads outputs which are only known after apply."""
+class Marker:
+    """A named marker value that is not JSON: compared by identity, shown by its name."""
 
-    _instance: Unknown | None = None
-
-    def __new__(cls) -> Unknown:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    def __init__(self, shown: str) -> None:
+        self._shown = shown
 
     def __repr__(self) -> str:
-        return "(known after apply)"
+        return self._shown
 
 
-UNKNOWN: Final = Unknown()
+UNKNOWN: Final = Marker("(known after apply)")
+"""The value of an input that reads outputs which are only known after apply."""
+
+ABSENT: Final = Marker("(absent)")
+"""A field that does not exist on one side of a field change."""
+
+
+def provider_of(qualified_type: str) -> str:
+    """The provider of a type written ``<provider>.<resource type>``."""
+    return qualified_type.split(".", 1)[0]
+
+
+class Typed:
+    """Something with a ``type`` written ``<provider>.<resource type>``."""
+
+    type: str
+
+    @property
+    def provider(self) -> str:
+        return provider_of(self.type)
+
+    @property
+    def resource_type(self) -> str:
+        """The provider's own name for the type: what goes on the wire."""
+        return self.type.split(".", 1)[1]
 
 
 @dataclass(frozen=True)
@@ -42,7 +62,7 @@ class ProviderSpec:
 
 
 @dataclass(frozen=True)
-class DesiredResource:
+class DesiredResource(Typed):
     """A resource as the deployment expression declares it, at one evaluation pass.
 
     ``inputs`` maps each input field to its JSON value or to ``UNKNOWN`` when the field reads outputs that
@@ -58,14 +78,6 @@ class DesiredResource:
     prevent_destroy: bool = False
 
     @property
-    def provider(self) -> str:
-        return self.type.split(".", 1)[0]
-
-    @property
-    def resource_type(self) -> str:
-        return self.type.split(".", 1)[1]
-
-    @property
     def ready(self) -> bool:
         """True when every input is known, so the resource can be sent to its provider."""
         return self.inputs_known and all(v is not UNKNOWN for v in self.inputs.values())
@@ -76,7 +88,7 @@ class DesiredResource:
 
 
 @dataclass(frozen=True)
-class ResourceState:
+class ResourceState(Typed):
     """A resource as recorded on the state branch after a provider created or updated it."""
 
     path: str
@@ -89,14 +101,6 @@ class ResourceState:
     created_at: str | None = None
     updated_at: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def provider(self) -> str:
-        return self.type.split(".", 1)[0]
-
-    @property
-    def resource_type(self) -> str:
-        return self.type.split(".", 1)[1]
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -9,8 +9,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from controller.model import UNKNOWN
-from controller.planning import ABSENT, Action, Change, Plan
+from controller.model import ABSENT, UNKNOWN
+from controller.planning import Action, Change, Plan
 
 SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DELETE: "-", Action.NOOP: " "}
 VERB = {

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any
 
 from controller.errors import PlanError
-from controller.model import UNKNOWN, DesiredResource, ResourceState
+from controller.model import ABSENT, UNKNOWN, DesiredResource, ResourceState, provider_of
 
 
 class Action(StrEnum):
@@ -23,15 +23,6 @@ class Action(StrEnum):
     REPLACE = "replace"
     DELETE = "delete"
     NOOP = "noop"
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
-ABSENT: Final = _Absent()
-"""A field that does not exist on one side of a field change."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +48,7 @@ class Change:
 
     @property
     def provider(self) -> str:
-        return self.type.split(".", 1)[0]
+        return provider_of(self.type)
 
 
 @dataclass(frozen=True)

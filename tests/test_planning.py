@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from controller.errors import PlanError
-from controller.model import UNKNOWN, DesiredResource, ResourceState
-from controller.planning import ABSENT, Action, FieldChange, changing, check_protected, decide, diff_fields, plan
+from controller.model import ABSENT, UNKNOWN, DesiredResource, ResourceState
+from controller.planning import Action, FieldChange, changing, check_protected, decide, diff_fields, plan
 
 
 def desired(path: str, type_: str = "local.file", prevent: bool = False, **inputs: Any) -> DesiredResource:
