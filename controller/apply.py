@@ -42,7 +42,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Event:
-    """A progress report: ``kind`` is "start", "ok", "failed" or "skipped"."""
+    """A progress report: ``kind`` is "start", "ok", "failed", "skipped" or "waiting" (interrupted)."""
 
     kind: str
     path: str
@@ -102,6 +102,8 @@ class Executor:
         assert desired is not None
         if change.action is Action.UPDATE:
             assert old is not None
+            if dict(old.inputs) == dict(desired.inputs):  # only lifecycle changed: no provider call
+                return self._record(desired, old.outputs, deps | frozenset(old.dependencies))
             what = f"updateResourceRequest for {desired.path!r}"
             request = protocol.update_request(desired.resource_type, old.inputs, old.outputs, desired.inputs)
             body = self.providers.call(desired.provider, request, what=what)
@@ -146,9 +148,29 @@ class Executor:
             if future.cancel():
                 self._finish(path, action, "skipped", "not started: the run was interrupted")
             else:
+                self.report(Event("waiting", path, action))
                 wait([future])
                 self._settle(future, path, action)
         self._running.clear()
+
+    def _evaluate_each(
+        self, known: Mapping[str, Mapping[str, Any]], asked: set[str]
+    ) -> tuple[dict[str, DesiredResource], dict[str, str]]:
+        """Evaluate the asked resources in one pass; when that fails, one by one, so that one resource's
+        error fails only that resource."""
+        try:
+            return dict(self.evaluate(known, asked).resources), {}
+        except NixgitopsError as exc:
+            if len(asked) == 1:
+                return {}, {next(iter(asked)): str(exc)}
+        resources: dict[str, DesiredResource] = {}
+        errors: dict[str, str] = {}
+        for path in sorted(asked):
+            try:
+                resources.update(self.evaluate(known, {path}).resources)
+            except NixgitopsError as exc:
+                errors[path] = str(exc)
+        return resources, errors
 
     def _finish(self, path: str, action: Action, status: str, message: str = "", seconds: float = 0.0) -> None:
         self.outcomes[path] = Outcome(path, action, status, message, seconds)
@@ -200,7 +222,7 @@ class Executor:
         unsettled = set(actions)  # outputs not final yet: ready, blocked or running
         failed: set[str] = set()
         running = self._running
-        evaluation: Future[Evaluation] | None = None
+        evaluation: Future[tuple[dict[str, DesiredResource], dict[str, str]]] | None = None
         asked: set[str] = set()  # the paths the running evaluation was asked about
         # A blocked resource is evaluated again once a resource it was seen waiting for has settled; one whose
         # blocker is not known (its whole inputs failed without a marker) is evaluated after every settle.
@@ -210,8 +232,10 @@ class Executor:
         stale = False  # something settled since the last evaluation started
         broken: str | None = None  # an evaluation failed: start nothing new
 
+        seen = {p: set(d.blocked_by) for p, d in desired.items()}  # every blocker seen, over all passes
+
         def deps_of(path: str) -> frozenset[str]:
-            return dependencies.get(path, frozenset()) | desired[path].blocked_by
+            return dependencies.get(path, frozenset()) | seen.get(path, set())
 
         def wait_for(path: str) -> None:
             if desired[path].blocked_by & failed:
@@ -245,7 +269,7 @@ class Executor:
                 asked = (candidates | opaque) & blocked
                 candidates.clear()
                 opaque -= asked
-                evaluation = evaluator.submit(self.evaluate, known, asked)
+                evaluation = evaluator.submit(self._evaluate_each, known, asked)
                 stale = False
             waiting: set[Future[Any]] = set(running)
             if evaluation is not None:
@@ -257,15 +281,21 @@ class Executor:
                 if future is evaluation:
                     evaluation = None
                     try:
-                        answer = future.result()
+                        answer, errors = future.result()
                     except NixgitopsError as exc:
                         broken = str(exc)
                         continue
+                    for path, message in errors.items():
+                        blocked.discard(path)
+                        unsettled.discard(path)
+                        failed.add(path)
+                        self._finish(path, actions[path], "failed", f"its inputs could not be evaluated: {message}")
                     for path in asked:
-                        resource = answer.resources.get(path)
+                        resource = answer.get(path)
                         if resource is None:
                             continue
                         desired[path] = resource
+                        seen.setdefault(path, set()).update(resource.blocked_by)
                         if resource.ready:
                             blocked.discard(path)
                             ready.add(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -110,6 +111,8 @@ def _report(event: Event) -> None:
         print(f"Error: {event.path}: {event.message}", file=sys.stderr, flush=True)
     elif event.kind == "skipped":
         print(f"{event.path}: {event.message}", flush=True)
+    elif event.kind == "waiting":
+        print(f"{event.path}: interrupted; waiting for the operation in flight to finish", flush=True)
 
 
 def _confirm(args: argparse.Namespace, verb: str) -> None:
@@ -182,8 +185,13 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # handled like Ctrl-C: finish what is in flight, record it, exit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "plan":
             return cmd_plan(args)

@@ -17,7 +17,7 @@ from controller import planning
 from controller.apply import Event, Executor, Outcome, now
 from controller.errors import DeploymentError
 from controller.evaluation import Evaluation, NixEvaluator
-from controller.graph import describe_cycle, find_cycle
+from controller.graph import closure, describe_cycle, find_cycle, invert
 from controller.model import DesiredResource, ProviderSpec, ResourceState
 from controller.planning import Action, Plan
 from controller.provider_client import Providers
@@ -49,6 +49,20 @@ class Planned:
     passes: int
 
 
+def check_providers(plan: Plan, providers: Mapping[str, ProviderSpec], entry: str) -> None:
+    """Refuse a plan that must call a provider the deployment no longer declares."""
+    orphans = sorted(
+        f"  - {c.path} ({c.type})" for c in plan.changes if c.action is not Action.NOOP and c.provider not in providers
+    )
+    if orphans:
+        names = sorted({c.provider for c in plan.changes if c.provider not in providers})
+        raise DeploymentError(
+            "These resources need a provider that the deployment no longer declares:\n"
+            + "\n".join(orphans)
+            + f"\nKeep providers.{names[0]} declared in {entry} until its resources are deleted."
+        )
+
+
 def compute_plan(
     evaluator: Evaluator,
     state: Mapping[str, ResourceState],
@@ -62,10 +76,12 @@ def compute_plan(
         answer = evaluator.evaluate({}, select=set())
         plan = planning.plan({}, state, destroy=True)
         planning.check_protected(plan, entry)
+        check_providers(plan, answer.providers, entry)
         return Planned(plan, {}, {}, answer.providers, state, 1)
     unknown: frozenset[str] = frozenset()
     dependencies: dict[str, frozenset[str]] = {}
     passes = 0
+    predicted = False
     while True:
         passes += 1
         known = {p: dict(s.outputs) for p, s in state.items() if p not in unknown}
@@ -73,9 +89,17 @@ def compute_plan(
         dependencies.update(answer.dependencies)
         plan = planning.plan(answer.resources, state)
         moving = planning.changing(plan)
-        if moving <= unknown:
+        if moving == unknown:
             break
-        unknown = unknown | moving
+        if moving < unknown:
+            unknown = moving  # predicted too much; shrinking converges (see docs/decisions.md)
+        elif not predicted:
+            # The recorded readers of what changes will wait for it too: one pass instead of one per level.
+            predicted = True
+            edges = {p: s.dependencies for p, s in state.items()} | dependencies
+            unknown = frozenset(closure(unknown | moving, invert(edges)) & answer.resources.keys())
+        else:
+            unknown = unknown | moving
     edges = {
         p: (dependencies.get(p, frozenset()) | answer.resources[p].blocked_by) & unknown
         for p in unknown
@@ -88,6 +112,7 @@ def compute_plan(
             " No order can apply them; remove one of these reads."
         )
     planning.check_protected(plan, entry)
+    check_providers(plan, answer.providers, entry)
     return Planned(plan, answer.resources, dependencies, answer.providers, state, passes)
 
 

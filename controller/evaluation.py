@@ -152,6 +152,10 @@ class NixEvaluator:
                 if item["p"] == path and isinstance(item.get("i"), dict):
                     at = item["i"].get(fieldname, {}).get("at")
             self._explain_user_error(args, path, fieldname, at)
+        for key, wanted in (("members", "set"), ("providers", "set")):
+            found = answer.get("shape", {}).get(key, "set")
+            if found != wanted:
+                raise DeploymentError(f"`{key}` in {self.where} must be an attribute set, not a {found}.")
         providers = self._providers(answer.get("providers", {}))
         resources: dict[str, DesiredResource] = {}
         for item in answer.get("resources", []):
@@ -197,12 +201,11 @@ class NixEvaluator:
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
         focus = dict(args, focus={"path": path.split(".")}, select=None, probe=[])
         where = f"at {at}" if at else f"in {self.where}"
+        what = f"The inputs of resource {path!r}" if fieldname == "*" else f"Input {fieldname!r} of resource {path!r}"
         try:
             self._run(focus)
         except EvaluationError as exc:
-            raise EvaluationError(
-                f"Input {fieldname!r} of resource {path!r} {where} failed to evaluate:\n" + str(exc).split("\n", 1)[-1]
-            ) from None
+            raise EvaluationError(f"{what} {where} failed to evaluate:\n" + str(exc).split("\n", 1)[-1]) from None
         raise EvaluationError(
             f"Input {fieldname!r} of resource {path!r} in {self.where} failed with a `throw` or `assert`"
             " that only fires while other outputs are unknown; check the conditions around it."
@@ -239,7 +242,7 @@ class NixEvaluator:
     ) -> DesiredResource:
         path: str = item["p"]
         where = f"member {path!r} in {self.where}"
-        for part in path.split("."):
+        for part in [item["n"]] if item.get("n") else path.split("."):
             if not NAME.match(part):
                 raise DeploymentError(
                     f"{where}: the name {part!r} is not allowed; member names must be plain identifiers"
@@ -256,6 +259,11 @@ class NixEvaluator:
                 why = f"is a {kind}; a member must be an attribute set with `type` and `inputs`, or `members`"
             raise DeploymentError(f"{where} {why}.")
         rtype: str = item["t"]
+        if rtype == "<failed>":
+            raise DeploymentError(
+                f"{where}: evaluating its `type` failed with a `throw` or `assert`. A type must be a provider's"
+                " resource type such as providers.local.file, and must not depend on outputs."
+            )
         provider, dot, name = rtype.partition(".")
         if rtype.startswith("<") or not dot:
             raise DeploymentError(
@@ -272,6 +280,8 @@ class NixEvaluator:
                 f"{where}: provider {provider!r} has no resource type {name!r}; it serves"
                 f" {', '.join(sorted(providers[provider].resource_types))}."
             )
+        if item["l"] != "set":
+            raise DeploymentError(f"{where}: `lifecycle` must be an attribute set, not a {item['l']}.")
         if not isinstance(item["d"], bool):
             raise DeploymentError(f"{where}: lifecycle.preventDestroy must be true or false.")
         fields = item["i"]
@@ -285,30 +295,37 @@ class NixEvaluator:
             if "u" in value:
                 inputs[key] = UNKNOWN
             else:
-                bad = _function_in(value["v"])
+                bad = _marker_in(value["v"], "__nixgitopsFunction")
                 if bad is not None:
                     at = ".".join([key, *bad])
                     raise DeploymentError(
                         f"{where}: input {at!r} is a function. Inputs are sent to the provider as JSON, so they"
                         " may hold only strings, numbers, booleans, null, lists and attribute sets."
                     )
+                bad = _marker_in(value["v"], "__nixgitopsFloat")
+                if bad is not None:
+                    at = ".".join([key, *bad])
+                    raise DeploymentError(
+                        f"{where}: input {at!r} is a floating-point number that Nix cannot write to JSON exactly"
+                        " (it keeps 6 significant digits). Write it as a string or an integer."
+                    )
                 inputs[key] = value["v"]
         blockers = frozenset(q for qs in blocked.values() for q in qs)
         return DesiredResource(path, rtype, inputs, True, blockers, item["d"])
 
 
-def _function_in(value: Any) -> list[str] | None:
-    """The path to a function marker inside a JSON value, or None."""
+def _marker_in(value: Any, marker: str) -> list[str] | None:
+    """The path to a harness marker (a function, an inexact float) inside a JSON value, or None."""
     if isinstance(value, dict):
-        if value.get("__nixgitopsFunction") is True and len(value) == 1:
+        if marker in value and len(value) == 1:
             return []
         for k, v in value.items():
-            inner = _function_in(v)
+            inner = _marker_in(v, marker)
             if inner is not None:
                 return [k, *inner]
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            inner = _function_in(v)
+            inner = _marker_in(v, marker)
             if inner is not None:
                 return [str(i), *inner]
     return None

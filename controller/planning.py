@@ -98,6 +98,12 @@ def decide(desired: DesiredResource, current: ResourceState | None) -> Change:
         fields = (FieldChange("*", dict(current.inputs), UNKNOWN),)
         return Change(desired.path, Action.UPDATE, desired.type, current, desired, fields, "inputs known after apply")
     fields = diff_fields(current.inputs, desired.inputs)
+    if not fields and desired.prevent_destroy != current.prevent_destroy:
+        reason = (
+            f"lifecycle.preventDestroy changes from {str(current.prevent_destroy).lower()} to"
+            f" {str(desired.prevent_destroy).lower()}; only state is written"
+        )
+        return Change(desired.path, Action.UPDATE, desired.type, current, desired, (), reason)
     if not fields:
         return Change(desired.path, Action.NOOP, desired.type, current, desired, (), "inputs unchanged")
     if any(f.after is UNKNOWN for f in fields):

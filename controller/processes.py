@@ -51,10 +51,11 @@ def run(
             input=input,
             capture_output=True,
             text=True,
+            errors="replace",
             timeout=timeout,
             check=False,
         )
-    except FileNotFoundError as exc:
+    except OSError as exc:
         raise CommandFailed(argv, None, "", "", f"could not start: {exc.strerror}") from None
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")

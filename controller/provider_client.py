@@ -67,6 +67,14 @@ class ProviderProcess:
         """Send one request and wait for its response. ``what`` names the request in errors."""
         kind = protocol.kind_of(message)
         assert self.proc.stdin is not None
+        if not self._lines.empty():
+            stray = self._lines.get_nowait()
+            self.stop()
+            raise ProviderError(
+                f"Provider {self.spec.name!r} broke the protocol: it wrote a line nobody asked for ({stray[:200]!r})"
+                f" before {what}; one request gets exactly one response line. It was stopped.{self._tail()}",
+                fatal=True,
+            )
         try:
             self.proc.stdin.write(protocol.encode(message))
             self.proc.stdin.flush()

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,11 @@ class StateBranch:
         self.ref = f"refs/heads/{branch}"
         self.deployment = deployment
         self.identity = identity
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", deployment) or ".." in deployment:
+            raise StateError(
+                f"{deployment!r} is not a valid deployment name: use letters, digits, '_', '-' and '.', because it"
+                " names a directory on the state branch."
+            )
         if not pygit2.reference_is_valid_name(self.ref):
             raise StateError(f"{branch!r} is not a valid Git branch name for the state branch.")
 

@@ -242,3 +242,35 @@ def test_an_interrupted_run_records_the_operations_in_flight() -> None:
         executor.run(plan(desired, {}), desired, {}, {})
     assert set(executor.state) == {"a"}
     assert executor.outcomes["a"].status == "ok"
+
+
+def test_one_resource_that_fails_to_evaluate_fails_alone() -> None:
+    deployment = FakeDeployment({"a": const("1"), "b": reads("a"), "c": reads("a")})
+    original = deployment.evaluate
+
+    def evaluate(known: Mapping[str, Mapping[str, Any]], select: set[str] | None = None) -> Evaluation:
+        if select is not None and "c" in select:
+            raise ProviderError("c is broken")
+        return original(known, select)
+
+    deployment.evaluate = evaluate  # type: ignore[method-assign]
+    executor, _ = run(deployment, FakeProviders())
+    assert executor.outcomes["b"].status == "ok"
+    assert executor.outcomes["c"].status == "failed" and "c is broken" in executor.outcomes["c"].message
+
+
+def test_dependencies_seen_in_every_pass_are_recorded() -> None:
+    both: tuple[Inputs, set[str]] = ((lambda known: {"value": known["a"]["out"] + known["b"]["out"]}), {"a", "b"})
+    deployment = FakeDeployment({"a": const("1"), "b": reads("a"), "c": both})
+
+    def desired(path: str, known: Mapping[str, Mapping[str, Any]]) -> DesiredResource:
+        compute, wanted = deployment.resources[path]
+        missing = sorted(wanted - known.keys())
+        if not missing:
+            return DesiredResource(path, "fake.thing", compute(known))
+        # Like Nix: only the first unknown read of a value is seen.
+        return DesiredResource(path, "fake.thing", {"value": UNKNOWN}, blocked_by=frozenset(missing[:1]))
+
+    deployment.desired = desired  # type: ignore[method-assign]
+    executor, _ = run(deployment, FakeProviders())
+    assert executor.state["c"].dependencies == ("a", "b")

@@ -197,3 +197,17 @@ def test_missing_provider_executable(applied: Checkout) -> None:
 def test_bad_provider_declaration(applied: Checkout) -> None:
     applied.deploy(BASE.replace("EXTRA", 'providers.p = { executable = "/bin/true"; resourceTypes = "x"; };'))
     assert_clean_error(applied.run("plan"), "providers.p", "resourceTypes")
+
+
+def test_local_exec_mistakes_are_errors_not_crashes(applied: Checkout) -> None:
+    applied.deploy(
+        BASE.replace(
+            "EXTRA",
+            'members.x = { type = providers.local.exec; inputs = { executable = "/etc/passwd"; args = [ ]; }; };'
+            ' members.y = { type = providers.local.exec; inputs = { executable = "printf"; args = [ "\\\\377" ]; }; };',
+        )
+    )
+    done = applied.run("apply", "--yes")
+    assert_clean_error(done, "local.exec", "could not start")
+    assert "Traceback" not in done.stdout
+    assert applied.state()["y"]["outputs"]["stdout"] == "\ufffd"

@@ -228,3 +228,61 @@ def test_uncommitted_changes_are_flagged(checkout: Checkout) -> None:
     done = checkout.ok("apply", "--yes")
     assert "uncommitted changes" in done.stderr
     assert "Source-Dirty: true" in checkout.state_log()[0]
+
+
+def test_protection_can_be_turned_on_and_off_without_input_changes(checkout: Checkout) -> None:
+    plain = (
+        "{ members, providers, ... }: { members.db = { type = providers.local.memo; inputs.initialize_with = 1; LC }; }"
+    )
+    checkout.deploy(plain.replace("LC", ""))
+    checkout.ok("apply", "--yes")
+    checkout.deploy(plain.replace("LC", "lifecycle.preventDestroy = true;"))
+    assert checkout.plan()["db"]["action"] == "update"
+    checkout.ok("apply", "--yes")
+    assert checkout.state()["db"]["preventDestroy"] is True
+    assert_clean_error(checkout.run("destroy", "--yes"), "preventDestroy")
+    checkout.deploy(plain.replace("LC", "lifecycle.preventDestroy = false;"))
+    checkout.ok("apply", "--yes")
+    checkout.ok("destroy", "--yes")
+    assert checkout.state() == {}
+
+
+def test_invalid_deployment_name_is_refused_before_anything_runs(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN)
+    for name in ("a/b", "..", ""):
+        assert_clean_error(checkout.run("apply", "--yes", "--deployment", name), "not a valid deployment name")
+    assert not (checkout.path / "motd.txt").exists()
+
+
+def test_sigterm_records_what_completed(checkout: Checkout, notes_provider: Callable[[], str]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    gate = checkout.path / "gate"
+    checkout.deploy(
+        "{ members, providers, ... }: { "
+        + notes_provider()
+        + " members.fast = { type = providers.local.memo; inputs.initialize_with = 1; };"
+        + " members.slow = { type = providers.notes.note;"
+        + f' inputs = {{ text = "s"; mode = "gate"; gate = "{gate}"; }}; }}; }}'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "apply", "--yes"],
+        cwd=checkout.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # bounded: the provider gives up waiting on its gate after 30 s
+        seen.append(line)
+        if "fast: Creation complete" in "".join(seen) and "slow: Creating..." in "".join(seen):
+            break
+    proc.send_signal(signal.SIGTERM)
+    gate.touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "slow: interrupted; waiting" in out
+    assert set(checkout.state()) == {"fast", "slow"}

@@ -103,3 +103,9 @@ def test_no_changes() -> None:
     result = plan({"a": desired("a", name="a")}, {"a": recorded("a", name="a")})
     assert not result.has_changes
     assert changing(result) == frozenset()
+
+
+def test_a_changed_prevent_destroy_alone_is_a_state_only_update() -> None:
+    change = decide(desired("db", prevent=True, name="a"), recorded("db", name="a"))
+    assert change.action is Action.UPDATE and change.fields == ()
+    assert "only state is written" in change.reason

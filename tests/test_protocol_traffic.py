@@ -29,9 +29,9 @@ def ours() -> jsonschema.protocols.Validator:
     return cls(SCHEMA)
 
 
-def nixops4() -> jsonschema.protocols.Validator | None:
+def nixops4() -> jsonschema.protocols.Validator:
     if not NIXOPS4.exists():
-        return None
+        pytest.skip(f"NixOps4's reference schema is not at {NIXOPS4} (CI has ../shared beside the clone)")
     schema = json.loads(NIXOPS4.read_text())
     # Its root also says additionalProperties: false without naming any property, which would reject every
     # message; the Request and Response definitions are what it means.
@@ -92,7 +92,7 @@ def test_real_traffic_matches_the_schemas(
     validator, reference = ours(), nixops4()
     for direction, message in traffic:
         validator.validate(message)
-        if reference is not None and "readResourceRequest" not in message:
+        if "readResourceRequest" not in message:
             reference.validate(message)
         if direction == ">":
             assert next(iter(message)).endswith("Request")

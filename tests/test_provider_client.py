@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,20 +33,27 @@ def test_one_process_serves_many_requests(tmp_path: Path) -> None:
 
 
 def test_pool_grows_to_its_size_under_concurrency_and_no_further(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     with Providers({"notes": notes(tmp_path / "log")}, size=3) as providers:
-        barrier = threading.Barrier(6)
+        results: list[object] = []
 
-        def work() -> None:
-            barrier.wait(timeout=30)
-            for i in range(5):
-                create(providers, f"x{i}")
+        def work(i: int) -> None:
+            body = {"text": f"g{i}", "mode": "gate", "gate": str(gate)}
+            results.append(providers.call("notes", protocol.create_request("note", body), what=f"g{i}"))
 
-        threads = [threading.Thread(target=work) for _ in range(6)]
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(5)]
         for t in threads:
             t.start()
+        # Three requests are held by the provider until the gate opens: the pool must have grown to three.
+        pool = providers._pools["notes"]
+        deadline = time.monotonic() + 30
+        while pool.started < 3 and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        gate.touch()
         for t in threads:
             t.join(timeout=60)
-        assert 1 <= providers.started()["notes"] <= 3
+        assert len(results) == 5
+        assert providers.started()["notes"] == 3
 
 
 def test_error_response_keeps_the_process(tmp_path: Path) -> None:
@@ -102,4 +109,11 @@ def test_close_ends_the_processes(tmp_path: Path) -> None:
     process = pool._all[0]
     providers.close()
     assert process.proc.returncode == 0, "the provider exits by itself on EOF"
-    assert sys.executable == local_provider_spec().executable
+
+
+def test_a_line_nobody_asked_for_is_a_protocol_violation(tmp_path: Path) -> None:
+    with Providers({"notes": notes(tmp_path / "log")}, size=1) as providers:
+        first = create(providers, "a", "chatty")
+        assert first["outputProperties"] == {"id": "extra"}
+        with pytest.raises(ProviderError, match="wrote a line nobody asked for"):
+            create(providers, "b")

@@ -56,11 +56,13 @@ let
       (declared // { local = { resourceTypes = [ "file" "exec" "memo" ]; }; });
 
   # Every resource, as { path = "a.b"; names = [ "a" "b" ]; decl; }, in sorted order.
+  validName = name: builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" name != null;
   collect = prefix: names: decls:
     builtins.concatLists (map
       (name:
         let decl = decls.${name}; path = join prefix name; here = names ++ [ name ]; in
-        if isComposite decl && builtins.isAttrs decl.members
+        if !validName name then [ { inherit path decl; names = here; bad = name; } ]
+        else if isComposite decl && builtins.isAttrs decl.members
         then collect path here decl.members
         else [ { inherit path decl; names = here; } ])
       (builtins.attrNames decls));
@@ -75,6 +77,7 @@ let
     else if builtins.isPath v then toString v
     else if builtins.isAttrs v then (if v ? __toString || v ? outPath then toString v else builtins.mapAttrs (_: jsonable) v)
     else if builtins.isList v then map jsonable v
+    else if builtins.isFloat v && builtins.fromJSON (builtins.toJSON v) != v then { __nixgitopsFloat = toString v; }
     else v;
 
   position = attrs: name:
@@ -86,14 +89,19 @@ let
     if r.success then { v = r.value; }
     else builtins.trace "nixgitops:blocked ${name}" { u = true; at = position attrs name; };
 
-  describe = { path, decl, ... }:
+  describe = { path, decl, ... }@entry:
     let
       kind =
-        if !builtins.isAttrs decl then builtins.typeOf decl
+        if entry ? bad then "badname"
+        else if !builtins.isAttrs decl then builtins.typeOf decl
         else if decl ? type then "resource"
         else if decl ? members then "composite-" + builtins.typeOf decl.members
         else "empty";
-      type = if builtins.isString decl.type then decl.type else "<${builtins.typeOf decl.type}>";
+      typeTry = builtins.tryEval decl.type;
+      type =
+        if !typeTry.success then "<failed>"
+        else if builtins.isString typeTry.value then typeTry.value
+        else "<${builtins.typeOf typeTry.value}>";
       rawInputs = decl.inputs or { };
       shape = builtins.tryEval (builtins.isAttrs rawInputs);
       lifecycle = decl.lifecycle or { };
@@ -102,16 +110,18 @@ let
         else if !shape.value then "<${builtins.typeOf rawInputs}>"
         else builtins.mapAttrs (evalField rawInputs) rawInputs;
     in
-    if kind != "resource" then { p = path; k = kind; }
+    if kind != "resource" then { p = path; k = kind; n = entry.bad or null; }
     else {
       p = path;
       k = kind;
       t = type;
       i = fields;
       d = if builtins.isAttrs lifecycle then lifecycle.preventDestroy or false else false;
+      l = builtins.typeOf lifecycle;
     };
 
-  entries = collect "" [ ] (result.members or { });
+  topMembers = result.members or { };
+  entries = if builtins.isAttrs topMembers then collect "" [ ] topMembers else [ ];
   selected =
     if args.select == null then entries
     else map (names: { path = builtins.concatStringsSep "." names; names = names; decl = lookup result names; }) args.select;
@@ -151,6 +161,10 @@ let
 in
 if args.focus != null then focused
 else {
+  shape = {
+    members = builtins.typeOf topMembers;
+    providers = builtins.typeOf (result.providers or { });
+  };
   providers = providersOut;
   resources = map evalEntry selected;
   probes = map probeEntry args.probe;

@@ -17,6 +17,10 @@ while IFS= read -r line; do
   case "$line" in
     *'"mode":"crash"'*) echo "notes: crashing on purpose" >&2; exit 3 ;;
     *'"mode":"hang"'*) exec sleep 600 ;;
+    *'"mode":"gate"'*)  # wait until the file named by the input "gate" exists (at most 30 s)
+      gate=$(printf '%s' "$line" | sed -n 's/.*"gate":"\([^"]*\)".*/\1/p'); i=0
+      while [ ! -e "$gate" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done ;;
+    *'"mode":"chatty"'*) reply '{"createResourceResponse":{"outputProperties":{"id":"extra"}}}' ;;
     *'"mode":"garbage"'*) echo "this is not json"; continue ;;
     *'"mode":"refuse"'*) reply '{"errorResponse":{"message":"notes: refusing on purpose"}}'; continue ;;
     *'"mode":"wrongkind"'*) reply '{"updateResourceResponse":{"outputProperties":{}}}'; continue ;;
