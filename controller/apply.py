@@ -15,13 +15,14 @@ import datetime
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller import protocol
 from controller.errors import NixgitopsError, ProviderError
 from controller.evaluation import Evaluation
 from controller.graph import closure, describe_cycle, find_cycle
+from controller.journal import Journal
 from controller.model import DesiredResource, ResourceState
 from controller.planning import Action, Change, Plan, decide
 from controller.provider_client import Providers
@@ -66,6 +67,7 @@ class Executor:
     parallelism: int = 8
     source_commit: str | None = None
     report: Callable[[Event], None] = lambda event: None
+    journal: Journal | None = None
     state: dict[str, ResourceState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     _running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = field(default_factory=dict)
@@ -87,11 +89,45 @@ class Executor:
             updated_at=stamp,
         )
 
+    def _call(
+        self, provider: str, message: dict[str, Any], what: str, path: str, record: ResourceState | None
+    ) -> dict[str, Any]:
+        """One provider call, journaled: the intent before it goes out, the new state record after.
+
+        ``record`` is the state to keep with the response's outputs; None when the call deletes ``path``.
+        """
+        journal = self.journal
+        op: int | None = None
+
+        def before_send(pid: int) -> None:
+            nonlocal op
+            if journal is not None:
+                spec = self.providers.specs[provider]
+                op = journal.intent(
+                    {
+                        "path": path,
+                        "provider": {"name": spec.name, "executable": spec.executable, "args": list(spec.args)},
+                        "message": message,
+                        "record": record.to_json() if record is not None else None,
+                        "pid": pid,
+                    }
+                )
+
+        try:
+            body = self.providers.call(provider, message, what=what, before_send=before_send)
+        except ProviderError as exc:
+            if journal is not None and op is not None and not exc.fatal:
+                journal.failed(op)  # refused: nothing happened that state must remember
+            raise
+        if journal is not None and op is not None:
+            done = replace(record, outputs=dict(body["outputProperties"])) if record is not None else None
+            journal.result(op, done.to_json() if done is not None else None, path)
+        return body
+
     def _destroy(self, old: ResourceState) -> None:
         what = f"destroyResourceRequest for {old.path!r}"
-        self.providers.call(
-            old.provider, protocol.destroy_request(old.resource_type, old.inputs, old.outputs), what=what
-        )
+        message = protocol.destroy_request(old.resource_type, old.inputs, old.outputs)
+        self._call(old.provider, message, what, old.path, None)
 
     def _operate(self, change: Change, desired: DesiredResource | None, deps: frozenset[str]) -> ResourceState | None:
         old = change.before
@@ -106,21 +142,22 @@ class Executor:
                 return self._record(desired, old.outputs, deps | frozenset(old.dependencies))
             what = f"updateResourceRequest for {desired.path!r}"
             request = protocol.update_request(desired.resource_type, old.inputs, old.outputs, desired.inputs)
-            body = self.providers.call(desired.provider, request, what=what)
-            return self._record(desired, body["outputProperties"], deps)
+            record = self._record(desired, {}, deps)
+            body = self._call(desired.provider, request, what, desired.path, record)
+            return replace(record, outputs=dict(body["outputProperties"]))
         if change.action is Action.REPLACE:
             assert old is not None
             self._destroy(old)
         what = f"createResourceRequest for {desired.path!r}"
+        record = self._record(desired, {}, deps)
         try:
-            body = self.providers.call(
-                desired.provider, protocol.create_request(desired.resource_type, desired.inputs), what=what
-            )
+            request = protocol.create_request(desired.resource_type, desired.inputs)
+            body = self._call(desired.provider, request, what, desired.path, record)
         except ProviderError as exc:
             if change.action is Action.REPLACE:
                 raise HalfReplaced(f"{exc} The old resource was already destroyed.", fatal=exc.fatal) from None
             raise
-        return self._record(desired, body["outputProperties"], deps)
+        return replace(record, outputs=dict(body["outputProperties"]))
 
     # -- the run -------------------------------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ def _log(args: argparse.Namespace) -> object:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    engine = Engine(_settings(args), log=_log(args))  # type: ignore[arg-type]
+    engine = Engine.for_checkout(_settings(args), log=_log(args))  # type: ignore[arg-type]
     if engine.dirty:
         print(
             "Warning: the work tree has uncommitted changes. nixgitops evaluates the files as they are; state will"
@@ -144,6 +144,11 @@ def _finish(result: RunResult, engine: Engine, verb: str) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     engine = _engine(args)
+    if engine.pending_recovery():
+        print(
+            "Warning: an interrupted run left operations in the journal; the next apply records them first.",
+            file=sys.stderr,
+        )
     planned = engine.plan(destroy=args.destroy)
     if args.json:
         document = plan_json(
@@ -161,6 +166,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, *, destroy: bool) -> int:
     engine = _engine(args)
     with engine.store.locked():
+        for note in engine.recover():
+            print(f"Recovered: {note}", flush=True)
         planned: Planned = engine.plan(destroy=destroy)
         print(render_plan(planned.plan))
         if not planned.plan.has_changes:

@@ -13,14 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import pygit2
+
 from controller import planning
 from controller.apply import Event, Executor, Outcome, now
 from controller.errors import DeploymentError
 from controller.evaluation import Evaluation, NixEvaluator
 from controller.graph import closure, describe_cycle, find_cycle, invert
+from controller.journal import Journal
 from controller.model import DesiredResource, ProviderSpec, ResourceState
 from controller.planning import Action, Plan
 from controller.provider_client import Providers
+from controller.recovery import recover
 from controller.state_branch import (
     DEFAULT_BRANCH,
     DEFAULT_IDENTITY,
@@ -155,34 +159,85 @@ def _counts(outcomes: Mapping[str, Outcome]) -> dict[str, int]:
 
 
 class Engine:
-    """One deployment in one Git checkout: its evaluator, its state branch, its providers."""
+    """One deployment: its evaluator, its state branch, its providers and its journal."""
 
-    def __init__(self, settings: Settings, *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        repo: pygit2.Repository,
+        entry_file: Path,
+        source_commit: str | None,
+        journal: Path,
+        dirty: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
-        entry = Path(settings.entry)
-        self.entry_file = entry if entry.is_absolute() else (settings.directory / entry)
-        self.repo = open_repository(self.entry_file.parent if self.entry_file.parent.exists() else settings.directory)
-        self.source_commit = source_commit(self.repo)
-        self.dirty = has_uncommitted_changes(self.repo)
+        self.entry_file = entry_file
+        self.repo = repo
+        self.source_commit = source_commit
+        self.dirty = dirty
         self.store = StateBranch(
-            self.repo,
-            branch=settings.state_branch,
-            deployment=settings.deployment,
-            identity=settings.identity,
+            repo, branch=settings.state_branch, deployment=settings.deployment, identity=settings.identity
         )
-        self.evaluator = NixEvaluator(
-            self.entry_file, source=self.source_commit, show_trace=settings.show_trace, log=log
-        )
+        self.journal_path = journal
+        self.evaluator = NixEvaluator(entry_file, source=source_commit, show_trace=settings.show_trace, log=log)
         self.log = log
+
+    @classmethod
+    def for_checkout(cls, settings: Settings, *, log: Callable[[str], None] | None = None) -> Engine:
+        """The deployment in a Git checkout, as the command line uses it (state on a local branch)."""
+        entry = Path(settings.entry)
+        entry_file = entry if entry.is_absolute() else (settings.directory / entry)
+        repo = open_repository(entry_file.parent if entry_file.parent.exists() else settings.directory)
+        return cls(
+            settings,
+            repo=repo,
+            entry_file=entry_file,
+            source_commit=source_commit(repo),
+            journal=Path(repo.path) / "nixgitops" / f"{settings.deployment}.journal",
+            dirty=has_uncommitted_changes(repo),
+            log=log,
+        )
 
     def load_state(self) -> dict[str, ResourceState]:
         return self.store.load()
+
+    def pending_recovery(self) -> bool:
+        return self.journal_path.exists() and self.journal_path.stat().st_size > 0
+
+    def recover(self) -> list[str]:
+        """Fold an interrupted run's journal into the state branch; one note per operation that was in flight."""
+        if not self.pending_recovery():
+            return []
+        journal = Journal(self.journal_path)
+        try:
+            before = self.load_state()
+            after = dict(before)
+            notes, unsettled = recover(journal, after, timeout=self.settings.provider_timeout)
+            upserts = {p: s for p, s in after.items() if before.get(p) != s}
+            deletes = set(before) - set(after)
+            if upserts or deletes:
+                message = "\n".join(
+                    [
+                        f"Recover an interrupted run: {len(upserts)} recorded, {len(deletes)} removed",
+                        "",
+                        *notes,
+                        "",
+                    ]
+                )
+                self.store.commit(upserts=upserts, deletes=deletes, meta=self.store.load_meta(), message=message)
+            journal.clear(keep=unsettled)
+            return notes
+        finally:
+            journal.close()
 
     def plan(self, *, destroy: bool = False) -> Planned:
         return compute_plan(self.evaluator, self.load_state(), destroy=destroy, entry=str(self.entry_file))
 
     def apply(self, planned: Planned, *, report: Callable[[Event], None] = lambda e: None) -> RunResult:
         """Carry out ``planned`` and commit what was done to the state branch, even when some of it failed."""
+        journal = Journal(self.journal_path)
         executor = Executor(
             providers=Providers(
                 planned.providers,
@@ -195,46 +250,50 @@ class Engine:
             parallelism=self.settings.parallelism,
             source_commit=self.source_commit,
             report=report,
+            journal=journal,
         )
         try:
             with executor.providers:
                 executor.run(planned.plan, planned.desired, planned.dependencies, planned.state)
         finally:
-            commit = self._commit(planned.state, executor.state, executor.outcomes)
+            commit = self.commit(planned.state, executor.state, executor.outcomes)
+            journal.clear(keep=journal.unresolved())
+            journal.close()
         return RunResult(executor.outcomes, commit, _counts(executor.outcomes))
 
-    def _commit(
+    def commit(
         self,
         before: Mapping[str, ResourceState],
         after: Mapping[str, ResourceState],
         outcomes: Mapping[str, Outcome],
+        *,
+        note: str | None = None,
     ) -> str | None:
+        """Commit the resources that changed and the run's summary; nothing when neither the resources nor the
+        attempted or applied commit changed."""
         upserts = {p: s for p, s in after.items() if before.get(p) != s}
         deletes = set(before) - set(after)
-        if not upserts and not deletes:
-            return None
         counts = _counts(outcomes)
-        ok = all(o.status == "ok" for o in outcomes.values())
-        source = self.source_commit or "none"
-        meta: dict[str, Any] = dict(self.store.load_meta())
-        meta.update(
-            deployment=self.settings.deployment,
-            lastAttemptedCommit=self.source_commit,
-            lastRun={
-                "at": now(),
-                "sourceCommit": self.source_commit,
-                "result": "success" if ok else "failed",
-                "counts": counts,
-            },
-        )
+        ok = all(o.status == "ok" for o in outcomes.values()) and note is None
+        stored = self.store.load_meta()
+        meta: dict[str, Any] = dict(stored)
+        meta.update(deployment=self.settings.deployment, lastAttemptedCommit=self.source_commit)
         if ok:
             meta["lastAppliedCommit"] = self.source_commit
+        unchanged = all(meta.get(k) == stored.get(k) for k in ("lastAttemptedCommit", "lastAppliedCommit"))
+        if not upserts and not deletes and unchanged:
+            return None
+        result = "success" if ok else "failed"
+        meta["lastRun"] = {"at": now(), "sourceCommit": self.source_commit, "result": result, "counts": counts}
+        if note is not None:
+            meta["lastRun"]["message"] = note
         meta["sourceDirty"] = self.dirty
+        source = self.source_commit or "none"
         plus = counts["create"] + counts["replace"]
         minus = counts["delete"] + counts["replace"]
         title = f"Apply {source[:12]}: +{plus} ~{counts['update']} -{minus}"
         if not ok:
-            title += f" ({counts['failed']} failed, {counts['skipped']} skipped)"
+            title += f" ({counts['failed']} failed, {counts['skipped']} skipped)" if note is None else f" ({note})"
         body = [f"{o.action.value} {o.path}: {o.status}" for o in sorted(outcomes.values(), key=lambda o: o.path)]
         message = "\n".join(
             [

@@ -127,13 +127,22 @@ def destroy(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Report a resource as it is. Refuses ("cannot tell") where the local types have nothing to look at."""
     resource = body["resource"]
-    if resource["type"] == "file":
-        name = resource["inputProperties"].get("name", "")
-        if not os.path.exists(name):
-            raise Refused(f"local.file: {name} does not exist")
+    rtype, inputs = resource["type"], resource["inputProperties"]
+    if rtype == "file":
+        name = inputs.get("name", "")
+        try:
+            with open(name) as f:
+                current = f.read()
+        except OSError:
+            raise Refused(f"local.file: {name} does not exist") from None
+        if current != inputs.get("contents"):
+            raise Refused(f"local.file: {name} does not hold the expected contents")
         return {}
-    return dict(resource.get("outputProperties") or {})
+    if rtype == "memo" and isinstance(resource.get("outputProperties"), dict):
+        return dict(resource["outputProperties"])
+    raise Refused(f"local.{rtype}: cannot tell the state of this resource by looking; repeat the operation")
 
 
 HANDLERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {

@@ -63,8 +63,16 @@ class ProviderProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def request(self, message: Mapping[str, Any], *, what: str, timeout: float) -> dict[str, Any]:
-        """Send one request and wait for its response. ``what`` names the request in errors."""
+    def request(
+        self,
+        message: Mapping[str, Any],
+        *,
+        what: str,
+        timeout: float,
+        before_send: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and wait for its response. ``what`` names the request in errors;
+        ``before_send`` is called with the process id just before the request goes out."""
         kind = protocol.kind_of(message)
         assert self.proc.stdin is not None
         if not self._lines.empty():
@@ -75,6 +83,8 @@ class ProviderProcess:
                 f" before {what}; one request gets exactly one response line. It was stopped.{self._tail()}",
                 fatal=True,
             )
+        if before_send is not None:
+            before_send(self.proc.pid)
         try:
             self.proc.stdin.write(protocol.encode(message))
             self.proc.stdin.flush()
@@ -203,7 +213,14 @@ class Providers:
         self.timeout = timeout
         self._pools = {name: ProviderPool(spec, size=size, cwd=cwd, log=log) for name, spec in specs.items()}
 
-    def call(self, provider: str, message: Mapping[str, Any], *, what: str) -> dict[str, Any]:
+    def call(
+        self,
+        provider: str,
+        message: Mapping[str, Any],
+        *,
+        what: str,
+        before_send: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         pool = self._pools.get(provider)
         if pool is None:
             raise ProviderError(
@@ -211,7 +228,7 @@ class Providers:
                 " (providers.<name> = { executable; resourceTypes; }) until its resources are deleted."
             )
         with pool.lease() as process:
-            return process.request(message, what=what, timeout=self.timeout)
+            return process.request(message, what=what, timeout=self.timeout, before_send=before_send)
 
     def started(self) -> dict[str, int]:
         """How many processes each provider has started in this run."""

@@ -50,7 +50,7 @@ class FakeProviders:
         self.active = 0
         self.most = 0
 
-    def call(self, provider: str, message: dict[str, Any], *, what: str) -> dict[str, Any]:
+    def call(self, provider: str, message: dict[str, Any], *, what: str, before_send: Any = None) -> dict[str, Any]:
         kind = protocol.kind_of(message)
         body = message[kind]
         path = what.split("'")[1]

@@ -22,10 +22,10 @@ def chain(root: str, n: int = 12) -> str:
 def test_a_change_at_the_root_of_a_chain_takes_two_passes_not_one_per_level(checkout: Checkout) -> None:
     checkout.deploy(chain("a"))
     checkout.ok("apply", "--yes")
-    engine = Engine(Settings(directory=checkout.path))
+    engine = Engine.for_checkout(Settings(directory=checkout.path))
     assert engine.plan().passes == 1, "an unchanged deployment is planned in one pass"
     checkout.deploy(chain("b"))
-    engine = Engine(Settings(directory=checkout.path))
+    engine = Engine.for_checkout(Settings(directory=checkout.path))
     planned = engine.plan()
     assert planned.passes <= 3
     actions = {c.path: c.action.value for c in planned.plan.changes}

@@ -1,0 +1,245 @@
+"""The daemon's configuration: a TOML file, with environment variables overriding it.
+
+Every error names the key and the file. An environment variable ``NIXGITOPS__<SECTION>__<KEY>`` overrides a key of
+``[<section>]``, and ``NIXGITOPS__DEPLOYMENTS__<NAME>__<KEY>`` a key of ``[deployments.<name>]`` (names and keys
+are matched without regard to case; ``-`` in a name is written ``_``). Pure parsing: the only I/O is reading the
+file, in ``load``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.errors import UserError
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(UserError):
+    """The configuration is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Which commits may be applied: signed by a key in an SSH allowed-signers file or a GPG keyring."""
+
+    allowed_signers: Path | None = None
+    gpg_home: Path | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    name: str
+    repository: str
+    branch: str = "main"
+    file: str = "deployment.nix"
+    state_repository: str | None = None
+    state_branch: str = "nixgitops/state"
+    interval: float = 60.0
+    jitter: float = 6.0
+    apply: str = "auto"
+    prune: bool = True
+    allow_rewind: bool = False
+    suspend: bool = False
+    parallelism: int = 8
+    provider_timeout: float = 300.0
+    verify: Verification | None = None
+
+    @property
+    def state_url(self) -> str:
+        return self.state_repository or self.repository
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    data_dir: Path
+    identity: tuple[str, str] = ("nixgitops", "nixgitops@localhost")
+    deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
+
+    def deployment(self, name: str) -> DeploymentConfig:
+        if name not in self.deployments:
+            known = ", ".join(sorted(self.deployments)) or "none"
+            raise ConfigError(f"No deployment {name!r} in {self.path}; configured: {known}.")
+        return self.deployments[name]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "nixgitops"
+
+
+def duration(value: Any, where: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = DURATION.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f'{where} must be a positive duration such as "30s", "1m" or "1h", not {value!r}.')
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    found = {}
+    for key, value in environ.items():
+        if key.upper().startswith("NIXGITOPS__"):
+            found[tuple(part.lower() for part in key.split("__")[1:])] = value
+    return found
+
+
+def _coerce(text: str) -> Any:
+    """An environment value as TOML would read it: booleans and numbers, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if re.fullmatch(r"-?\d+", text.strip()):
+        return int(text)
+    return text
+
+
+def merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    deployments = data.setdefault("deployments", {})
+    for path, value in _env_overrides(environ).items():
+        if len(path) == 2:
+            data.setdefault(path[0], {})[path[1]] = _coerce(value)
+        elif len(path) >= 3 and path[0] == "deployments":
+            wanted = path[1]
+            name = next((n for n in deployments if n.lower().replace("-", "_") == wanted), wanted)
+            target = deployments.setdefault(name, {})
+            target = dict(target)
+            deployments[name] = target
+            for part in path[2:-1]:
+                target = target.setdefault(part, {})
+            target[path[-1]] = _coerce(value)
+    return data
+
+
+def parse(data: Mapping[str, Any], path: Path) -> Config:
+    """Build a ``Config`` from parsed TOML; every problem is a ``ConfigError`` naming the key and the file."""
+
+    def where(key: str) -> str:
+        return f"`{key}` in {path}"
+
+    controller = data.get("controller", {})
+    if not isinstance(controller, dict):
+        raise ConfigError(f"{where('controller')} must be a table.")
+    unknown = set(controller) - {"data_dir", "committer_name", "committer_email"}
+    if unknown:
+        raise ConfigError(f"{where('controller.' + sorted(unknown)[0])} is not a known key.")
+    data_dir = Path(controller.get("data_dir") or default_data_dir())
+    identity = (
+        str(controller.get("committer_name", "nixgitops")),
+        str(controller.get("committer_email", "nixgitops@localhost")),
+    )
+    tables = data.get("deployments", {})
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(
+            f"{path} must declare at least one deployment: a [deployments.<name>] table with `repository`."
+        )
+    deployments = {}
+    for name, table in tables.items():
+        deployments[name] = _deployment(name, table, path, where)
+    return Config(path, data_dir, identity, deployments)
+
+
+KEYS = {
+    "repository",
+    "branch",
+    "file",
+    "state_repository",
+    "state_branch",
+    "interval",
+    "jitter",
+    "apply",
+    "prune",
+    "allow_rewind",
+    "suspend",
+    "parallelism",
+    "provider_timeout",
+    "verify",
+}
+
+
+def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConfig:
+    prefix = f"deployments.{name}"
+    if not NAME.match(name) or ".." in name:
+        raise ConfigError(f"{where(prefix)}: {name!r} is not a valid deployment name (letters, digits, _ - .).")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where(prefix)} must be a table.")
+    for key in table:
+        if key not in KEYS:
+            raise ConfigError(f"{where(prefix + '.' + key)} is not a known key; known keys: {', '.join(sorted(KEYS))}.")
+
+    def text(key: str, default: str | None) -> str | None:
+        value = table.get(key, default)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where(prefix + '.' + key)} must be a non-empty string.")
+        return value
+
+    def flag(key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where(prefix + '.' + key)} must be true or false, not {value!r}.")
+        return value
+
+    repository = text("repository", None)
+    if repository is None:
+        raise ConfigError(f"{where(prefix + '.repository')} is required: a Git URL or a local path.")
+    apply = text("apply", "auto")
+    if apply not in ("auto", "plan-only"):
+        raise ConfigError(f'{where(prefix + ".apply")} must be "auto" or "plan-only", not {apply!r}.')
+    interval = duration(table.get("interval", "1m"), where(prefix + ".interval"))
+    jitter = duration(table["jitter"], where(prefix + ".jitter")) if "jitter" in table else interval / 10
+    parallelism = table.get("parallelism", 8)
+    if not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1:
+        raise ConfigError(f"{where(prefix + '.parallelism')} must be a whole number of at least 1.")
+    verify = None
+    if "verify" in table:
+        v = table["verify"]
+        if not isinstance(v, dict) or set(v) - {"allowed_signers", "gpg_home"} or len(v) != 1:
+            raise ConfigError(
+                f"{where(prefix + '.verify')} must be a table with exactly one of `allowed_signers` (an SSH"
+                " allowed-signers file) or `gpg_home` (a GnuPG home directory holding the trusted keys)."
+            )
+        key, value = next(iter(v.items()))
+        if not isinstance(value, str) or not Path(value).exists():
+            raise ConfigError(f"{where(prefix + '.verify.' + key)}: {value!r} does not exist.")
+        verify = Verification(**{key: Path(value)})
+    return DeploymentConfig(
+        name=name,
+        repository=repository,
+        branch=text("branch", "main") or "main",
+        file=text("file", "deployment.nix") or "deployment.nix",
+        state_repository=text("state_repository", None),
+        state_branch=text("state_branch", "nixgitops/state") or "nixgitops/state",
+        interval=interval,
+        jitter=jitter,
+        apply=apply,
+        prune=flag("prune", True),
+        allow_rewind=flag("allow_rewind", False),
+        suspend=flag("suspend", False),
+        parallelism=parallelism,
+        provider_timeout=duration(table.get("provider_timeout", "5m"), where(prefix + ".provider_timeout")),
+        verify=verify,
+    )
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check the configuration file, with environment overrides."""
+    try:
+        raw = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the configuration file {path}: {exc.strerror}.") from None
+    try:
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
+    return parse(merge_environment(data, os.environ if environ is None else environ), path)

@@ -1,0 +1,72 @@
+"""The write-ahead journal: nothing a provider did is lost when the controller dies.
+
+Before each provider call the executor writes an *intent* (what it is about to ask, of which provider, which
+process); after the answer, a *result* (the resource's new state record, or its deletion). Each line is flushed
+and fsynced before the call goes out. After the run's state is committed, the journal is emptied. A journal that
+is not empty at the start of a run is replayed first (see ``recovery``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class Journal:
+    """An append-only JSON-lines file, fsynced on every write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        self._next = max((int(e.get("id", 0)) for e in self.entries()), default=0) + 1
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def intent(self, record: dict[str, Any]) -> int:
+        """Record an operation about to be sent; returns its id."""
+        op = self._next
+        self._next += 1
+        self._write({"kind": "intent", "id": op, **record})
+        return op
+
+    def result(self, op: int, state: dict[str, Any] | None, path: str) -> None:
+        """Record the outcome of operation ``op``: the new state record, or None for a deletion."""
+        self._write({"kind": "result", "id": op, "path": path, "state": state})
+
+    def failed(self, op: int) -> None:
+        """Record that operation ``op`` was refused: the provider changed nothing we must remember."""
+        self._write({"kind": "failed", "id": op})
+
+    def entries(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        if not self.path.exists():
+            return entries
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                break  # a line torn by a crash mid-write: it was never followed by a provider call
+        return entries
+
+    def unresolved(self) -> list[dict[str, Any]]:
+        """Intents with neither a result nor a refusal: operations whose outcome is not known."""
+        entries = self.entries()
+        settled = {e["id"] for e in entries if e.get("kind") in ("result", "failed")}
+        return [e for e in entries if e.get("kind") == "intent" and e["id"] not in settled]
+
+    def clear(self, keep: list[dict[str, Any]] | None = None) -> None:
+        """Forget everything but ``keep``: the state branch holds the rest now."""
+        self._handle.truncate(0)
+        for record in keep or []:
+            self._handle.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
