@@ -67,6 +67,21 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print a JSON list")
     show = state_sub.add_parser("show", parents=[common], help="show one resource in state as JSON")
     show.add_argument("path", help="dotted member path")
+
+    configured = argparse.ArgumentParser(add_help=False)
+    configured.add_argument("--config", type=Path, required=True, help="the controller's TOML configuration")
+    sub.add_parser("run", parents=[configured], help="run the controller: watch and reconcile every deployment")
+    reconcile = sub.add_parser("reconcile", parents=[configured], help="reconcile one deployment once, then exit")
+    reconcile.add_argument("name", help="deployment name")
+    status = sub.add_parser("status", parents=[configured], help="show every deployment's last run")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    suspend = sub.add_parser("suspend", parents=[configured], help="stop reconciling a deployment")
+    suspend.add_argument("name")
+    resume = sub.add_parser("resume", parents=[configured], help="reconcile a suspended or stopped deployment again")
+    resume.add_argument("name")
+    resume.add_argument(
+        "--adopt-remote-state", action="store_true", help="after a state conflict: continue from the remote state"
+    )
     return top
 
 
@@ -196,6 +211,47 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # handled like Ctrl-C: finish what is in flight, record it, exit
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from controller import daemon
+    from controller.config import load
+    from controller.reconciler import Reconciler
+
+    if args.command == "run":
+        return daemon.run(args.config)
+    config = load(args.config)
+    if args.command == "status":
+        rows = [Reconciler(config, d).status() or {"deployment": d.name} for d in config.deployments.values()]
+        if args.json:
+            print(json.dumps(rows, indent=2, sort_keys=True))
+            return 0
+        for row in rows:
+            last = row.get("lastRun") or {}
+            flags = [f for f in ("suspended", "stalled") if row.get(f)]
+            print(
+                f"{row['deployment']}: {last.get('outcome', 'never run')}"
+                f" at {last.get('started_at', '-')}, source {str(row.get('sourceCommit') or '-')[:12]}"
+                + (f" [{', '.join(flags)}]" if flags else "")
+            )
+            if last.get("message"):
+                print(f"  {last['message']}")
+        return 0
+    reconciler = Reconciler(config, config.deployment(args.name), log=daemon.log)
+    if args.command == "suspend":
+        reconciler.suspend()
+        print(f"{args.name}: suspended")
+        return 0
+    if args.command == "resume":
+        reconciler.resume(adopt_remote_state=args.adopt_remote_state)
+        print(f"{args.name}: resumed")
+        return 0
+    record = reconciler.reconcile(force=True)
+    phases = ", ".join(f"{k} {v:.3f}s" for k, v in record.phases.items())
+    print(f"{args.name}: {record.outcome} at {str(record.source_commit or '-')[:12]} ({phases})")
+    if record.message and not record.ok:
+        print(f"Error: {args.name}: {record.message}", file=sys.stderr)
+    return 0 if record.outcome in ("success", "no-change", "planned") else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -204,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plan(args)
         if args.command in ("apply", "destroy"):
             return _run(args, destroy=args.command == "destroy")
+        if args.command in ("run", "reconcile", "status", "suspend", "resume"):
+            return cmd_daemon(args)
         return cmd_state(args)
     except NixgitopsError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -170,9 +170,11 @@ class Engine:
         source_commit: str | None,
         journal: Path,
         dirty: bool = False,
+        workdir: Path | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.workdir = workdir or entry_file.parent
         self.entry_file = entry_file
         self.repo = repo
         self.source_commit = source_commit
@@ -243,7 +245,7 @@ class Engine:
                 planned.providers,
                 size=self.settings.parallelism,
                 timeout=self.settings.provider_timeout,
-                cwd=str(self.entry_file.parent),
+                cwd=str(self.workdir),
                 log=self.log,
             ),
             evaluate=lambda known, select: self.evaluator.evaluate(known, select=select),

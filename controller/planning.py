@@ -163,3 +163,14 @@ def check_protected(plan: Plan, entry_file: str = "deployment.nix") -> None:
             + f"\nNothing was changed. To destroy them on purpose, set lifecycle.preventDestroy = false on each in"
             f" {entry_file} and apply that first; otherwise undo the change that removes or replaces them."
         )
+
+
+def without_deletes(plan: Plan) -> Plan:
+    """The plan with its deletes turned into no-ops: for deployments with ``prune = false``."""
+    kept = tuple(
+        Change(c.path, Action.NOOP, c.type, c.before, None, (), "not in the deployment, kept: prune is off")
+        if c.action is Action.DELETE
+        else c
+        for c in plan.changes
+    )
+    return Plan(kept)

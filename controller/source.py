@@ -41,8 +41,8 @@ def normalise(url: str) -> str:
     return str(Path(url).expanduser().resolve())
 
 
-def _git() -> git.cmd.Git:
-    command = git.cmd.Git()
+def _git(directory: Path | None = None) -> git.cmd.Git:
+    command = git.Repo(directory).git if directory is not None else git.cmd.Git()
     command.update_environment(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS=os.environ.get("GIT_ASKPASS", "true"))
     return command
 
@@ -84,7 +84,7 @@ class Cache:
     def fetch(self, url: str, ref: str, into: str) -> None:
         """Fetch ``ref`` of ``url`` into the local ref ``into`` (forced: the cache mirrors the remote)."""
         try:
-            _git().fetch(normalise(url), f"+{ref}:{into}", git_dir=str(self.directory), kill_after_timeout=GIT_TIMEOUT)
+            _git(self.directory).fetch(normalise(url), f"+{ref}:{into}", kill_after_timeout=GIT_TIMEOUT)
         except git.exc.GitCommandError as exc:
             raise SourceUnavailable(f"Cannot fetch {ref} from {redact(url)}: {_message(exc)}") from None
 
@@ -96,13 +96,8 @@ class Cache:
         """
         lease = f"--force-with-lease={ref}:{expected or ''}"
         try:
-            _git().push(
-                "--porcelain",
-                lease,
-                normalise(url),
-                f"{commit}:{ref}",
-                git_dir=str(self.directory),
-                kill_after_timeout=GIT_TIMEOUT,
+            _git(self.directory).push(
+                "--porcelain", lease, normalise(url), f"{commit}:{ref}", kill_after_timeout=GIT_TIMEOUT
             )
         except git.exc.GitCommandError as exc:
             text = _message(exc)

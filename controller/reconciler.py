@@ -1,0 +1,348 @@
+"""One reconcile of one deployment: fetch -> check -> evaluate and plan -> apply -> commit state -> push state.
+
+Every run ends in a ``Run`` record with its outcome and per-phase timings, also written to the status file.
+Outcomes, and what the scheduler does next:
+
+    success, no-change     applied (or nothing to do) and the state branch pushed: wait for the next poll
+    planned                apply = "plan-only": the plan is in the status file
+    evaluation-failed      the commit does not evaluate or plan: not retried until a new commit or a forced run
+    rejected, unverified   the branch moved backwards / the head is not signed by a trusted key: not applied
+    failed                 some operations failed: retried with backoff
+    unavailable            a remote could not be reached: retried with backoff
+    conflict               the remote state branch moved under us: the deployment stops until an operator acts
+    suspended, skipped, branch-missing
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from controller.config import Config, DeploymentConfig
+from controller.engine import Engine, Settings
+from controller.errors import UserError
+from controller.plan_render import plan_json
+from controller.planning import Plan, without_deletes
+from controller.processes import CommandFailed, run
+from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref
+from controller.state_branch import StateBranch
+
+RETRY = {"failed", "unavailable"}
+
+
+@dataclass
+class Run:
+    deployment: str
+    outcome: str
+    message: str = ""
+    source_commit: str | None = None
+    started_at: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    state_commit: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("success", "no-change", "planned")
+
+    @property
+    def retry(self) -> bool:
+        return self.outcome in RETRY
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Stop(Exception):
+    """Ends a run early with an outcome."""
+
+    def __init__(self, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class Reconciler:
+    """Runs reconciles of one deployment, one at a time."""
+
+    def __init__(self, config: Config, deployment: DeploymentConfig, *, log: Callable[[str], None] | None = None):
+        self.config = config
+        self.deployment = deployment
+        self.log = log
+        data = config.data_dir
+        self.source = Cache(data / "git" / deployment.name)
+        same = deployment.state_url == deployment.repository
+        self.state_cache = self.source if same else Cache(data / "git" / f"{deployment.name}.state")
+        self.status_path = data / "status" / f"{deployment.name}.json"
+        self.journal = data / "journal" / f"{deployment.name}.journal"
+        self.checkouts = data / "checkouts" / deployment.name
+        self.workdir = data / "work" / deployment.name  # providers' working directory: stable across commits
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.suspend_flag = data / "suspended" / deployment.name
+        self.stall_flag = data / "stalled" / deployment.name
+        self.lock = threading.Lock()
+        self.last: Run | None = None
+        self.failed_evaluation: str | None = self.status().get("failedEvaluationCommit")
+
+    # -- flags and status ------------------------------------------------------------------------------
+
+    @property
+    def suspended(self) -> bool:
+        return self.deployment.suspend or self.suspend_flag.exists()
+
+    def stalled(self) -> str | None:
+        return self.stall_flag.read_text() if self.stall_flag.exists() else None
+
+    def _flag(self, path: Path, text: str | None) -> None:
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+    def suspend(self) -> None:
+        self._flag(self.suspend_flag, _now())
+
+    def resume(self, *, adopt_remote_state: bool = False) -> None:
+        self._flag(self.suspend_flag, None)
+        if self.stalled() is not None:
+            if not adopt_remote_state:
+                raise UserError(
+                    f"Deployment {self.deployment.name!r} is stopped: {self.stalled()}\nCheck who else writes the"
+                    " state branch, then run `nixgitops resume NAME --adopt-remote-state` to continue from the"
+                    " remote state branch (local state commits that were never pushed are dropped)."
+                )
+            remote = remote_ref(self.deployment.state_url, self._state_ref)
+            if remote is not None:
+                self.state_cache.fetch(self.deployment.state_url, self._state_ref, self._state_ref)
+                self.state_cache.repo.references.create(self._pushed_ref, remote, force=True)
+            else:
+                for ref in (self._state_ref, self._pushed_ref):
+                    if ref in self.state_cache.repo.references:
+                        self.state_cache.repo.references.delete(ref)
+            self._flag(self.stall_flag, None)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.status_path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write_status(self, record: Run, extra: dict[str, Any]) -> None:
+        status = self.status()
+        status.update(
+            deployment=self.deployment.name,
+            repository=redact(self.deployment.repository),
+            branch=self.deployment.branch,
+            suspended=self.suspended,
+            stalled=self.stalled(),
+            failedEvaluationCommit=self.failed_evaluation,
+            lastRun=asdict(record),
+            **extra,
+        )
+        if record.source_commit:
+            status["sourceCommit"] = record.source_commit
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
+        os.replace(tmp, self.status_path)
+
+    # -- refs ------------------------------------------------------------------------------------------
+
+    @property
+    def _state_ref(self) -> str:
+        return f"refs/heads/{self.deployment.state_branch}"
+
+    @property
+    def _pushed_ref(self) -> str:
+        return f"refs/nixgitops/pushed/{self.deployment.state_branch}"
+
+    def _local(self, ref: str) -> str | None:
+        found = self.state_cache.repo.references.get(ref)
+        return str(found.target) if found is not None else None
+
+    # -- the run ---------------------------------------------------------------------------------------
+
+    def reconcile(self, *, force: bool = False) -> Run:
+        """One reconcile; never raises for anything but a bug."""
+        with self.lock:
+            record = Run(self.deployment.name, "running", started_at=_now())
+            extra: dict[str, Any] = {}
+            try:
+                self._reconcile(record, extra, force)
+            except Stop as stop:
+                record.outcome, record.message = stop.outcome, str(stop)
+            except SourceUnavailable as exc:
+                record.outcome, record.message = "unavailable", str(exc)
+            except BranchMissing as exc:
+                record.outcome, record.message = "branch-missing", str(exc)
+            self.last = record
+            self._write_status(record, extra)
+            if self.log is not None:
+                self.log(f"[{self.deployment.name}] {record.outcome}: {record.message}".rstrip(": "))
+            return record
+
+    def _timed(self, record: Run, phase: str, started: float) -> None:
+        record.phases[phase] = round(record.phases.get(phase, 0.0) + time.monotonic() - started, 6)
+
+    def _reconcile(self, record: Run, extra: dict[str, Any], force: bool) -> None:
+        d = self.deployment
+        if self.suspended:
+            raise Stop("suspended", "suspended; `nixgitops resume` continues")
+        if self.stalled() is not None:
+            raise Stop("conflict", f"stopped until an operator acts: {self.stalled()}")
+        started = time.monotonic()
+        head = remote_ref(d.repository, f"refs/heads/{d.branch}")
+        if head is None:
+            raise BranchMissing(f"The branch {d.branch!r} does not exist in {redact(d.repository)}.")
+        record.source_commit = head
+        if not self.source.has(head):
+            self.source.fetch(d.repository, f"refs/heads/{d.branch}", f"refs/remotes/origin/{d.branch}")
+        self._sync_state()
+        self._timed(record, "fetch", started)
+        if head == self.failed_evaluation and not force:
+            raise Stop("skipped", f"commit {head} failed to evaluate; waiting for a new commit")
+        self._check_history(head)
+        self._verify(head)
+
+        started = time.monotonic()
+        checkout = self.checkouts / head
+        if not checkout.exists():
+            if self.checkouts.exists():
+                shutil.rmtree(self.checkouts)
+            self.source.materialise(head, checkout)
+        engine = Engine(
+            Settings(
+                directory=checkout,
+                entry=d.file,
+                deployment=d.name,
+                state_branch=d.state_branch,
+                parallelism=d.parallelism,
+                provider_timeout=d.provider_timeout,
+                identity=self.config.identity,
+            ),
+            repo=self.state_cache.repo,
+            entry_file=checkout / d.file,
+            source_commit=head,
+            journal=self.journal,
+            workdir=self.workdir,
+            log=self.log,
+        )
+        for note in engine.recover():
+            if self.log is not None:
+                self.log(f"[{d.name}] recovered: {note}")
+        try:
+            planned = engine.plan()
+        except UserError as exc:
+            self._timed(record, "plan", started)
+            self.failed_evaluation = head
+            state = engine.load_state()
+            engine.commit(state, state, {}, note="evaluation failed")
+            self._push(record)
+            raise Stop("evaluation-failed", str(exc)) from None
+        self._timed(record, "plan", started)
+        self.failed_evaluation = None
+        plan: Plan = planned.plan if d.prune else without_deletes(planned.plan)
+        extra["lastPlan"] = plan_json(plan, deployment=d.name, source_commit=head, dependencies=planned.dependencies)
+        record.counts = plan.counts()
+        if d.apply == "plan-only":
+            raise Stop("planned", f"plan only: {sum(v for k, v in record.counts.items() if k != 'noop')} change(s)")
+
+        started = time.monotonic()
+        if plan.has_changes:
+            result = engine.apply(replace(planned, plan=plan))
+            record.counts = result.counts
+            record.state_commit = result.commit
+            outcome = "success" if result.ok else "failed"
+            failures = [f"{o.path}: {o.message}" for o in result.outcomes.values() if o.status == "failed"]
+            message = "; ".join(failures)[:2000]
+        else:
+            state = engine.load_state()
+            record.state_commit = engine.commit(state, state, {})
+            outcome, message = "no-change", "nothing to do"
+        self._timed(record, "apply", started)
+        self._push(record)
+        record.outcome, record.message = outcome, message
+
+    def _sync_state(self) -> None:
+        """Check that the remote state branch is where we left it (or adopt it on a first run)."""
+        d = self.deployment
+        remote = remote_ref(d.state_url, self._state_ref)
+        pushed = self._local(self._pushed_ref)
+        if pushed is None and self._local(self._state_ref) is None:
+            if remote is not None:
+                self.state_cache.fetch(d.state_url, self._state_ref, self._state_ref)
+                self.state_cache.repo.references.create(self._pushed_ref, remote, force=True)
+            return
+        if remote != pushed:
+            where = f"{d.state_branch!r} in {redact(d.state_url)}"
+            what = "was deleted" if remote is None else f"moved to {remote[:12]}"
+            message = (
+                f"The remote state branch {where} {what}, but nixgitops last pushed"
+                f" {(pushed or 'nothing')[:12]}: another writer exists. Nothing was applied."
+            )
+            if pushed is None:
+                message = f"The remote state branch {where} exists but this controller never pushed it."
+            self._flag(self.stall_flag, message)
+            raise Stop("conflict", message)
+
+    def _push(self, record: Run) -> None:
+        d = self.deployment
+        local, pushed = self._local(self._state_ref), self._local(self._pushed_ref)
+        if local is None or local == pushed:
+            return
+        started = time.monotonic()
+        refused = self.state_cache.push(d.state_url, local, self._state_ref, pushed)
+        self._timed(record, "push", started)
+        if refused is not None:
+            message = f"Pushing the state branch {d.state_branch!r} was refused ({refused}): another writer exists."
+            self._flag(self.stall_flag, message)
+            raise Stop("conflict", message)
+        self.state_cache.repo.references.create(self._pushed_ref, local, force=True)
+
+    def _check_history(self, head: str) -> None:
+        d = self.deployment
+        if self._local(self._state_ref) is None:
+            return
+        meta = StateBranch(self.state_cache.repo, branch=d.state_branch, deployment=d.name).load_meta()
+        applied = meta.get("lastAppliedCommit")
+        if not applied or applied == head or d.allow_rewind:
+            return
+        if not self.source.has(applied) or not self.source.descends(head, applied):
+            raise Stop(
+                "rejected",
+                f"The branch {d.branch!r} is now at {head[:12]}, which does not descend from the last applied commit"
+                f" {applied[:12]} (a force-push back, or unrelated history). Nothing was applied. Push a commit on top"
+                f" of {applied[:12]}, or set allow_rewind = true for deployment {d.name!r}.",
+            )
+
+    def _verify(self, head: str) -> None:
+        verify = self.deployment.verify
+        if verify is None:
+            return
+        argv = ["git", "--git-dir", str(self.source.directory)]
+        env = dict(os.environ)
+        if verify.allowed_signers is not None:
+            argv += ["-c", f"gpg.ssh.allowedSignersFile={verify.allowed_signers}"]
+        if verify.gpg_home is not None:
+            env["GNUPGHOME"] = str(verify.gpg_home)
+        try:
+            done = run([*argv, "verify-commit", head], env=env, check=False, timeout=60)
+        except CommandFailed as exc:
+            raise Stop("unverified", f"Could not verify commit {head}: {exc}") from None
+        if done.returncode != 0:
+            why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no signature"
+            raise Stop(
+                "unverified",
+                f"Commit {head} on {self.deployment.branch!r} is not signed by a trusted key ({why}). Nothing was"
+                " applied; push a commit signed by a key in the configured allowed signers or keyring.",
+            )

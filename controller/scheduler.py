@@ -1,0 +1,117 @@
+"""When reconciles run: APScheduler drives one job per deployment.
+
+Each deployment is reconciled at start, then every ``interval`` (with jitter), and at once when asked
+(``reconcile_now``: a webhook or an operator). Runs of one deployment never overlap (``max_instances=1``,
+plus a pending flag, so a request that arrives during a run is taken right after it: never lost, never run
+twice); different deployments run in parallel on their own threads, so one's failures never delay another's.
+A run that failed transiently is retried with exponential backoff, capped at the interval.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from controller.reconciler import Reconciler, Run
+
+BACKOFF_START = 1.0
+
+
+class Runner:
+    """The scheduling state of one deployment."""
+
+    def __init__(self, reconciler: Reconciler, scheduler: BackgroundScheduler) -> None:
+        self.reconciler = reconciler
+        self.scheduler = scheduler
+        self.name = reconciler.deployment.name
+        self._lock = threading.Lock()
+        self._running = False
+        self._pending = False
+        self._force = False
+        self.failures = 0
+        self.runs = 0
+        self.finished = threading.Condition()
+
+    def tick(self) -> None:
+        """The job: run, and run again while requests arrived during the run."""
+        with self._lock:
+            if self._running:
+                self._pending = True
+                return
+            self._running = True
+        try:
+            while True:
+                with self._lock:
+                    force, self._force, self._pending = self._force, False, False
+                record = self.reconciler.reconcile(force=force)
+                self._after(record)
+                with self._lock:
+                    if not self._pending:
+                        self._running = False
+                        break
+        finally:
+            with self._lock:
+                self._running = False
+            with self.finished:
+                self.runs += 1
+                self.finished.notify_all()
+
+    def _after(self, record: Run) -> None:
+        if record.retry:
+            self.failures += 1
+            delay = min(BACKOFF_START * 2 ** (self.failures - 1), self.reconciler.deployment.interval)
+            when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay)
+            self.scheduler.modify_job(self.name, next_run_time=when)
+        else:
+            self.failures = 0
+
+    def reconcile_now(self, *, force: bool = True) -> None:
+        """Run as soon as possible: now, or right after the run in progress."""
+        with self._lock:
+            self._pending = True
+            self._force = self._force or force
+        self.scheduler.modify_job(self.name, next_run_time=datetime.datetime.now(datetime.UTC))
+
+
+class Scheduler:
+    """All deployments' jobs."""
+
+    def __init__(self, reconcilers: list[Reconciler]) -> None:
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max(1, len(reconcilers)))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=datetime.UTC,
+        )
+        self.runners = {r.deployment.name: Runner(r, self.scheduler) for r in reconcilers}
+        now = datetime.datetime.now(datetime.UTC)
+        for name, runner in self.runners.items():
+            d = runner.reconciler.deployment
+            self.scheduler.add_job(
+                runner.tick,
+                IntervalTrigger(seconds=d.interval, jitter=d.jitter, timezone=datetime.UTC),
+                id=name,
+                name=f"reconcile {name}",
+                next_run_time=now,
+            )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def reconcile_now(self, name: str) -> None:
+        self.runners[name].reconcile_now()
+
+    def stop(self, wait: bool = True) -> None:
+        self.scheduler.shutdown(wait=wait)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.scheduler.running)
+
+    def on_each(self, callback: Callable[[Runner], None]) -> None:
+        for runner in self.runners.values():
+            callback(runner)
