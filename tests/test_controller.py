@@ -1,0 +1,258 @@
+"""The controller against a real git server on loopback: reconcile, push state back, refuse what is unsafe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import assert_clean_error, git
+from gitserver import Developer, GitServer
+
+DEPLOYMENT = """{ members, providers, ... }: {
+  members.greeting = { type = providers.local.exec; inputs = { executable = "echo"; args = [ "TEXT" ]; }; };
+  members.motd = {
+    type = providers.local.file;
+    inputs = { name = "motd.txt"; contents = members.greeting.outputs.stdout; };
+  };
+}
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GitServer]:
+    base = tmp_path / "served"
+    base.mkdir()
+    srv = GitServer(base)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def dev(server: GitServer, tmp_path: Path) -> Developer:
+    return Developer(server, tmp_path)
+
+
+def configure(tmp_path: Path, url: str, extra: str = "", interval: str = "1m") -> Path:
+    config = tmp_path / "nixgitops.toml"
+    config.write_text(
+        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        f'[deployments.web]\nrepository = "{url}"\ninterval = "{interval}"\n{extra}\n'
+    )
+    return config
+
+
+def nixgitops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "work" / "web"
+
+
+def test_reconcile_applies_and_pushes_state(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    config = configure(tmp_path, server.url("infra.git"))
+    first = dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "web: success" in done.stdout
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "one\n"
+    assert f"Source-Commit: {first}" in dev.state_log()
+
+    second = dev.push(DEPLOYMENT.replace("TEXT", "two"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "two\n"
+    log = dev.state_log()
+    assert f"Source-Commit: {second}" in log and f"Source-Commit: {first}" in log
+
+    again = nixgitops("reconcile", "web", "--config", str(config))
+    assert again.returncode == 0 and "no-change" in again.stdout
+    status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]
+    assert status["sourceCommit"] == second
+    assert set(status["lastRun"]["phases"]) >= {"fetch", "plan", "apply"}
+
+
+def test_daemon_applies_each_push(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    config = configure(tmp_path, server.url("infra.git"), interval="1s")
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "controller", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for text in ("one", "two", "three"):
+            sha = (
+                dev.push(DEPLOYMENT.replace("TEXT", text))
+                if text != "one"
+                else git(dev.work, "rev-parse", "HEAD").strip()
+            )
+            deadline = time.monotonic() + 60
+            while f"Source-Commit: {sha}" not in dev.state_log():
+                assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+                assert time.monotonic() < deadline, f"{text} was not applied within 60 s"
+                time.sleep(0.1)
+            assert (workdir(tmp_path) / "motd.txt").read_text() == f"{text}\n"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    assert "stopped" in err
+
+
+def test_unreachable_remote_is_retried_until_it_returns(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    server.stop()
+    config = configure(tmp_path, server.url("infra.git"), interval="2s")
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert_clean_error(done, "Cannot reach git://127.0.0.1")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "controller", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    status = tmp_path / "data" / "status" / "web.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not (status.exists() and json.loads(status.read_text())["lastRun"]["outcome"] == "unavailable"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        server.start()
+        deadline = time.monotonic() + 60
+        while json.loads(status.read_text())["lastRun"]["outcome"] != "success":
+            assert time.monotonic() < deadline, "the controller did not recover when the remote returned"
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+
+
+def test_missing_branch(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    config = configure(tmp_path, server.url("infra.git"), 'branch = "release"')
+    assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "branch 'release' does not exist")
+
+
+def test_rewound_branch_is_refused_unless_allowed(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    config = configure(tmp_path, server.url("infra.git"))
+    first = dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    dev.push(DEPLOYMENT.replace("TEXT", "two"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    git(dev.work, "push", "-q", "--force", "origin", f"{first}:refs/heads/main")
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert_clean_error(done, "does not descend from the last applied commit", "allow_rewind")
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "two\n"
+    allowed = nixgitops(
+        "reconcile", "web", "--config", str(config), env={"NIXGITOPS__DEPLOYMENTS__WEB__ALLOW_REWIND": "true"}
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "one\n"
+
+
+def test_signature_verification(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    key = tmp_path / "signing"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"test@example.invalid {(tmp_path / 'signing.pub').read_text()}")
+    config = configure(tmp_path, server.url("infra.git"), f'verify = {{ allowed_signers = "{signers}" }}')
+    dev.push(DEPLOYMENT.replace("TEXT", "unsigned"))
+    assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "is not signed by a trusted key")
+    assert not (workdir(tmp_path) / "motd.txt").exists()
+    signed = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}"]
+    (dev.work / "deployment.nix").write_text(DEPLOYMENT.replace("TEXT", "signed"))
+    git(dev.work, "add", "-A")
+    git(dev.work, *signed, "commit", "-q", "-S", "-m", "signed")
+    git(dev.work, "push", "-q", "origin", "HEAD:refs/heads/main")
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "signed\n"
+
+
+def test_a_nix_error_keeps_state_and_the_next_good_commit_applies(
+    tmp_path: Path, server: GitServer, dev: Developer
+) -> None:
+    config = configure(tmp_path, server.url("infra.git"))
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    broken = dev.push("{ members, ... }: { members.x = ; }")
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert_clean_error(done, "syntax error")
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "one\n"
+    status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]
+    assert status["lastRun"]["outcome"] == "evaluation-failed"
+    assert status["failedEvaluationCommit"] == broken
+
+    from controller.config import load
+    from controller.reconciler import Reconciler
+
+    reconciler = Reconciler(load(config), load(config).deployment("web"))
+    assert reconciler.reconcile().outcome == "skipped", "a commit that failed to evaluate is not retried by polling"
+    good = dev.push(DEPLOYMENT.replace("TEXT", "two"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "two\n"
+    assert f"Source-Commit: {good}" in dev.state_log()
+
+
+def test_remote_state_moved_by_someone_else_stops_the_deployment(
+    tmp_path: Path, server: GitServer, dev: Developer
+) -> None:
+    config = configure(tmp_path, server.url("infra.git"))
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    git(dev.work, "push", "-q", "--force", "origin", "HEAD:refs/heads/nixgitops/state")
+    dev.push(DEPLOYMENT.replace("TEXT", "two"))
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert_clean_error(done, "another writer exists")
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "one\n"
+    assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "stopped until an operator acts")
+    assert_clean_error(nixgitops("resume", "web", "--config", str(config)), "--adopt-remote-state")
+    assert nixgitops("resume", "web", "--config", str(config), "--adopt-remote-state").returncode == 0
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+
+
+def test_plan_only_and_suspend(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    config = configure(tmp_path, server.url("infra.git"), 'apply = "plan-only"')
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert done.returncode == 0 and "planned" in done.stdout
+    status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]
+    assert {c["action"] for c in status["lastPlan"]["changes"]} == {"create"}
+    assert not (workdir(tmp_path) / "motd.txt").exists()
+    assert nixgitops("suspend", "web", "--config", str(config)).returncode == 0
+    assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "suspended")
+    assert nixgitops("resume", "web", "--config", str(config)).returncode == 0
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("[deployments.web]\n", "`deployments.web.repository`"),
+        ('[deployments.web]\nrepository = "x"\napply = "sometimes"\n', "`deployments.web.apply`"),
+        ('[deployments.web]\nrepository = "x"\ninterval = "soon"\n', "`deployments.web.interval`"),
+        ('[deployments.web]\nrepository = "x"\ncolour = "blue"\n', "`deployments.web.colour` in"),
+        ("[controller]\n", "at least one deployment"),
+        ("not = [toml", "is not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_file(tmp_path: Path, body: str, needle: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(body)
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert_clean_error(done, needle, str(config))
