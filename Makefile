@@ -45,6 +45,7 @@ test: setup lint unit
 
 bench: setup
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

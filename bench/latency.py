@@ -1,0 +1,91 @@
+"""Push-to-applied latency: a one-resource change pushed to a local remote, the controller polling every second.
+
+    python bench/latency.py [--pushes 10] [--interval 1s]
+
+Prints each latency (push returned -> the remote state branch names the commit) and their median and maximum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "-c", "init.defaultBranch=main"]
+DEPLOYMENT = (
+    '{ members, providers, ... }: { members.m = { type = providers.local.memo; inputs.initialize_with = "V"; }; }'
+)
+
+
+def sh(*argv: str, cwd: Path) -> str:
+    return subprocess.run(argv, cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pushes", type=int, default=10)
+    parser.add_argument("--interval", default="1s")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        sh(*GIT, "init", "-q", "--bare", "remote.git", cwd=root)
+        sh(*GIT, "clone", "-q", "remote.git", "clone", cwd=root)
+        clone = root / "clone"
+        config = root / "nixgitops.toml"
+        config.write_text(
+            f'[controller]\ndata_dir = "{root / "data"}"\n[deployments.b]\nrepository = "{root / "remote.git"}"\n'
+            f'interval = "{args.interval}"\njitter = "1ms"\n'
+        )
+
+        def push(value: int) -> tuple[str, float]:
+            (clone / "deployment.nix").write_text(DEPLOYMENT.replace("V", str(value)))
+            sh(*GIT, "add", "-A", cwd=clone)
+            sh(*GIT, "commit", "-qm", f"v{value}", cwd=clone)
+            sh(*GIT, "push", "-q", "origin", "main", cwd=clone)
+            return sh("git", "rev-parse", "HEAD", cwd=clone).strip(), time.perf_counter()
+
+        def applied(sha: str) -> bool:
+            done = subprocess.run(
+                ["git", "--git-dir", str(root / "remote.git"), "log", "-1", "--format=%B", "nixgitops/state"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            return f"Source-Commit: {sha}" in done.stdout
+
+        sha, _ = push(0)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "controller", "run", "--config", str(config)],
+            stderr=subprocess.DEVNULL,
+            env={**os.environ},
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not applied(sha) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            latencies = []
+            for i in range(1, args.pushes + 1):
+                sha, pushed = push(i)
+                deadline = time.monotonic() + 60
+                while not applied(sha) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                latencies.append(time.perf_counter() - pushed)
+                print(f"push {i}: applied after {latencies[-1]:.3f} s")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
+    print(
+        f"interval {args.interval}: median {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s"
+        f" over {len(latencies)} pushes"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
