@@ -1,0 +1,71 @@
+"""The configuration contract: TOML, defaults, environment overrides, errors that name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.config import ConfigError, duration, load
+
+CONTRACT = """
+[controller]
+data_dir = "/var/lib/nixgitops"
+
+[deployments.web]
+repository = "ssh://git@example.org/infra.git"
+branch = "main"
+file = "deployment.nix"
+state_branch = "nixgitops/state"
+interval = "1m"
+apply = "auto"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "nixgitops.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_example_loads_with_defaults(tmp_path: Path) -> None:
+    config = load(write(tmp_path, CONTRACT), environ={})
+    web = config.deployment("web")
+    assert config.data_dir == Path("/var/lib/nixgitops")
+    assert web.repository == "ssh://git@example.org/infra.git"
+    assert web.state_url == web.repository
+    assert (web.interval, web.jitter, web.prune, web.allow_rewind, web.apply) == (60.0, 6.0, True, False, "auto")
+
+
+def test_environment_overrides_file_values(tmp_path: Path) -> None:
+    env = {
+        "NIXGITOPS__CONTROLLER__DATA_DIR": "/data",
+        "NIXGITOPS__DEPLOYMENTS__WEB__BRANCH": "release",
+        "NIXGITOPS__DEPLOYMENTS__WEB__PRUNE": "false",
+        "NIXGITOPS__DEPLOYMENTS__WEB__INTERVAL": "5s",
+        "NIXGITOPS__DEPLOYMENTS__API__REPOSITORY": "/srv/api.git",
+        "UNRELATED": "x",
+    }
+    config = load(write(tmp_path, CONTRACT), environ=env)
+    assert config.data_dir == Path("/data")
+    web = config.deployment("web")
+    assert (web.branch, web.prune, web.interval) == ("release", False, 5.0)
+    assert config.deployment("api").repository == "/srv/api.git"
+
+
+def test_durations() -> None:
+    assert duration("1m", "x") == 60 and duration("500ms", "x") == 0.5 and duration(3, "x") == 3
+    assert duration("2h", "x") == 7200
+    for bad in ("0s", "soon", "-1m", True):
+        with pytest.raises(ConfigError, match="positive duration"):
+            duration(bad, "x")
+
+
+def test_errors_name_the_key_and_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, CONTRACT + 'prune = "yes"\n')
+    with pytest.raises(ConfigError, match=r"`deployments\.web\.prune` in .*nixgitops\.toml must be true or false"):
+        load(path, environ={})
+    with pytest.raises(ConfigError, match="No deployment 'api'"):
+        load(write(tmp_path, CONTRACT), environ={}).deployment("api")
+    with pytest.raises(ConfigError, match="Cannot read the configuration file"):
+        load(tmp_path / "missing.toml", environ={})
