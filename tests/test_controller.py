@@ -256,3 +256,34 @@ def test_config_errors_name_the_key_and_the_file(tmp_path: Path, body: str, need
     config.write_text(body)
     done = nixgitops("reconcile", "web", "--config", str(config))
     assert_clean_error(done, needle, str(config))
+
+
+def test_a_hanging_deployment_does_not_delay_another(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    import socket
+
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    silent = socket.socket()  # accepts connections and never answers: a remote that hangs
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    config = tmp_path / "nixgitops.toml"
+    config.write_text(
+        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[deployments.stuck]\nrepository = "git://127.0.0.1:{silent.getsockname()[1]}/x.git"\ninterval = "1s"\n'
+        f'[deployments.web]\nrepository = "{server.url("infra.git")}"\ninterval = "1s"\n'
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "controller", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    status = tmp_path / "data" / "status" / "web.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not (status.exists() and json.loads(status.read_text())["lastRun"]["outcome"] == "success"):
+            assert time.monotonic() < deadline, "web was held up by the stuck deployment"
+            time.sleep(0.1)
+        assert not (tmp_path / "data" / "status" / "stuck.json").exists(), "stuck is still in its first run"
+    finally:
+        daemon.kill()
+        daemon.wait(timeout=30)
+        silent.close()
