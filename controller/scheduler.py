@@ -75,6 +75,8 @@ class Runner:
         with self._lock:
             self._pending = True
             self._force = self._force or force
+            if self._running:
+                return  # the run in progress takes it next
         self.scheduler.modify_job(self.name, next_run_time=datetime.datetime.now(datetime.UTC))
 
 
