@@ -287,3 +287,75 @@ def test_a_hanging_deployment_does_not_delay_another(tmp_path: Path, server: Git
         daemon.kill()
         daemon.wait(timeout=30)
         silent.close()
+
+
+def test_gpg_signature_verification(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Test <test@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    stranger = tmp_path / "stranger"
+    stranger.mkdir(mode=0o700)
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Other <o@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        env={**os.environ, "GNUPGHOME": str(stranger)},
+        check=True,
+        capture_output=True,
+    )
+    config = configure(tmp_path, server.url("infra.git"), f'verify = {{ gpg_home = "{home}" }}')
+
+    def signed_push(text: str, keyring: Path, key: str) -> None:
+        (dev.work / "deployment.nix").write_text(DEPLOYMENT.replace("TEXT", text))
+        subprocess.run(["git", "add", "-A"], cwd=dev.work, check=True)
+        subprocess.run(
+            [
+                "git",
+                "-c",
+                "user.name=Test",
+                "-c",
+                "user.email=test@example.invalid",
+                "-c",
+                f"user.signingkey={key}",
+                "commit",
+                "-q",
+                "-S",
+                "-m",
+                text,
+            ],
+            cwd=dev.work,
+            env={**os.environ, "GNUPGHOME": str(keyring)},
+            check=True,
+        )
+        git(dev.work, "push", "-q", "origin", "HEAD:refs/heads/main")
+
+    signed_push("untrusted", stranger, "o@example.invalid")
+    assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "is not signed by a trusted key")
+    signed_push("trusted", home, "test@example.invalid")
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "trusted\n"
