@@ -11,11 +11,13 @@ Outcomes, and what the scheduler does next:
     unavailable            a remote could not be reached: retried with backoff
     conflict               the remote state branch moved under us: the deployment stops until an operator acts
     suspended, skipped, branch-missing
+    busy                   another process (same data_dir) is reconciling this deployment: nothing was done
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import shutil
@@ -28,7 +30,7 @@ from typing import Any
 
 from controller.config import Config, DeploymentConfig
 from controller.engine import Engine, Settings
-from controller.errors import UserError
+from controller.errors import NixgitopsError, UserError
 from controller.plan_render import plan_json
 from controller.planning import Plan, without_deletes
 from controller.processes import CommandFailed, run
@@ -88,6 +90,8 @@ class Reconciler:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.suspend_flag = data / "suspended" / deployment.name
         self.stall_flag = data / "stalled" / deployment.name
+        self.lock_path = data / "locks" / f"{deployment.name}.lock"
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.last: Run | None = None
         self.failed_evaluation: str | None = self.status().get("failedEvaluationCommit")
@@ -174,8 +178,14 @@ class Reconciler:
 
     def reconcile(self, *, force: bool = False) -> Run:
         """One reconcile; never raises for anything but a bug."""
-        with self.lock:
+        with self.lock, open(self.lock_path, "a") as lock:
             record = Run(self.deployment.name, "running", started_at=_now())
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                record.outcome = "busy"
+                record.message = "another nixgitops process is reconciling this deployment (same data_dir)"
+                return record
             extra: dict[str, Any] = {}
             try:
                 self._reconcile(record, extra, force)
@@ -185,6 +195,8 @@ class Reconciler:
                 record.outcome, record.message = "unavailable", str(exc)
             except BranchMissing as exc:
                 record.outcome, record.message = "branch-missing", str(exc)
+            except NixgitopsError as exc:
+                record.outcome, record.message = "failed", str(exc)
             self.last = record
             self._write_status(record, extra)
             if self.log is not None:

@@ -359,3 +359,20 @@ def test_gpg_signature_verification(tmp_path: Path, server: GitServer, dev: Deve
     done = nixgitops("reconcile", "web", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert (workdir(tmp_path) / "motd.txt").read_text() == "trusted\n"
+
+
+def test_two_processes_never_reconcile_one_deployment_at_once(
+    tmp_path: Path, server: GitServer, dev: Developer
+) -> None:
+    import fcntl
+
+    config = configure(tmp_path, server.url("infra.git"))
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    lock = tmp_path / "data" / "locks" / "web.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        done = nixgitops("reconcile", "web", "--config", str(config))
+        assert done.returncode != 0 and "busy" in done.stdout
+    assert not (workdir(tmp_path) / "motd.txt").exists()
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
