@@ -249,7 +249,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     print(f"{args.name}: {record.outcome} at {str(record.source_commit or '-')[:12]} ({phases})")
     if record.message and not record.ok:
         print(f"Error: {args.name}: {record.message}", file=sys.stderr)
-    return 0 if record.outcome in ("success", "no-change", "planned") else 1
+    if record.outcome == "planned":
+        return 3  # the plan is recorded, but nothing was applied (apply = "plan-only")
+    return 0 if record.outcome in ("success", "no-change") else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

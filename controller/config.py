@@ -94,12 +94,16 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
     return found
 
 
-def _coerce(text: str) -> Any:
-    """An environment value as TOML would read it: booleans and numbers, else the string."""
+BOOLEAN_KEYS = {"prune", "allow_rewind", "suspend"}
+INTEGER_KEYS = {"parallelism"}
+
+
+def _coerce(key: str, text: str) -> Any:
+    """An environment value read as the key's type: booleans and whole numbers where the key takes them."""
     lowered = text.strip().lower()
-    if lowered in ("true", "false"):
+    if key in BOOLEAN_KEYS and lowered in ("true", "false"):
         return lowered == "true"
-    if re.fullmatch(r"-?\d+", text.strip()):
+    if key in INTEGER_KEYS and re.fullmatch(r"-?\d+", text.strip()):
         return int(text)
     return text
 
@@ -109,7 +113,7 @@ def merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
     deployments = data.setdefault("deployments", {})
     for path, value in _env_overrides(environ).items():
         if len(path) == 2:
-            data.setdefault(path[0], {})[path[1]] = _coerce(value)
+            data.setdefault(path[0], {})[path[1]] = _coerce(path[1], value)
         elif len(path) >= 3 and path[0] == "deployments":
             wanted = path[1]
             name = next((n for n in deployments if n.lower().replace("-", "_") == wanted), wanted)
@@ -118,7 +122,7 @@ def merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
             deployments[name] = target
             for part in path[2:-1]:
                 target = target.setdefault(part, {})
-            target[path[-1]] = _coerce(value)
+            target[path[-1]] = _coerce(path[-1], value)
     return data
 
 
@@ -128,6 +132,9 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     def where(key: str) -> str:
         return f"`{key}` in {path}"
 
+    for table in data:
+        if table not in ("controller", "deployments", "server", "receivers"):
+            raise ConfigError(f"{where(table)} is not a known table; known: [controller], [deployments.<name>].")
     controller = data.get("controller", {})
     if not isinstance(controller, dict):
         raise ConfigError(f"{where('controller')} must be a table.")
@@ -144,9 +151,19 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError(
             f"{path} must declare at least one deployment: a [deployments.<name>] table with `repository`."
         )
-    deployments = {}
+    deployments: dict[str, DeploymentConfig] = {}
+    writers: dict[tuple[str, str], str] = {}
     for name, table in tables.items():
-        deployments[name] = _deployment(name, table, path, where)
+        deployment = _deployment(name, table, path, where)
+        key = (deployment.state_url.rstrip("/"), deployment.state_branch)
+        if key in writers:
+            raise ConfigError(
+                f"{where('deployments.' + name + '.state_branch')}: deployments {writers[key]!r} and {name!r} would"
+                f" both write the state branch {deployment.state_branch!r} of {deployment.state_url}; give each its"
+                ' own state_branch (for example "nixgitops/state-' + name + '").'
+            )
+        writers[key] = name
+        deployments[name] = deployment
     return Config(path, data_dir, identity, deployments)
 
 
@@ -190,6 +207,10 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
             raise ConfigError(f"{where(prefix + '.' + key)} must be true or false, not {value!r}.")
         return value
 
+    for key in ("branch", "state_branch"):
+        ref = table.get(key)
+        if isinstance(ref, str) and not _valid_branch(ref):
+            raise ConfigError(f"{where(prefix + '.' + key)}: {ref!r} is not a valid Git branch name.")
     repository = text("repository", None)
     if repository is None:
         raise ConfigError(f"{where(prefix + '.repository')} is required: a Git URL or a local path.")
@@ -230,6 +251,15 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         provider_timeout=duration(table.get("provider_timeout", "5m"), where(prefix + ".provider_timeout")),
         verify=verify,
     )
+
+
+def _valid_branch(name: str) -> bool:
+    """Git's rules for a branch name (git check-ref-format), for the cases that matter in a config."""
+    if not name or name.startswith(("-", "/")) or name.endswith(("/", ".", ".lock")):
+        return False
+    if ".." in name or "//" in name or "@{" in name or name == "@":
+        return False
+    return not any(c in name for c in " ~^:?*[\\\x7f") and all(ord(c) >= 32 for c in name)
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -17,7 +17,7 @@ import pygit2
 
 from controller import planning
 from controller.apply import Event, Executor, Outcome, now
-from controller.errors import DeploymentError
+from controller.errors import DeploymentError, NixgitopsError
 from controller.evaluation import Evaluation, NixEvaluator
 from controller.graph import closure, describe_cycle, find_cycle, invert
 from controller.journal import Journal
@@ -216,7 +216,14 @@ class Engine:
         try:
             before = self.load_state()
             after = dict(before)
-            notes, unsettled = recover(journal, after, timeout=self.settings.provider_timeout)
+            notes, unsettled = recover(
+                journal,
+                after,
+                timeout=self.settings.provider_timeout,
+                make_providers=lambda specs: Providers(
+                    specs, size=1, timeout=self.settings.provider_timeout, cwd=str(self.workdir), log=self.log
+                ),
+            )
             upserts = {p: s for p, s in after.items() if before.get(p) != s}
             deletes = set(before) - set(after)
             if upserts or deletes:
@@ -230,6 +237,13 @@ class Engine:
                 )
                 self.store.commit(upserts=upserts, deletes=deletes, meta=self.store.load_meta(), message=message)
             journal.clear(keep=unsettled)
+            if unsettled:
+                raise NixgitopsError(
+                    f"{len(unsettled)} operation(s) of an interrupted run could not be settled, so nothing else was"
+                    " done (planning now could create them twice):\n"
+                    + "\n".join(n for n in notes if "could not be settled" in n)
+                    + "\nMake the provider reachable again and rerun; the journal keeps them until then."
+                )
             return notes
         finally:
             journal.close()

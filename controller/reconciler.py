@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ from controller.processes import CommandFailed, run
 from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref
 from controller.state_branch import StateBranch
 
-RETRY = {"failed", "unavailable"}
+RETRY = {"failed", "unavailable", "busy"}
 
 
 @dataclass
@@ -80,9 +81,12 @@ class Reconciler:
         self.deployment = deployment
         self.log = log
         data = config.data_dir
-        self.source = Cache(data / "git" / deployment.name)
-        same = deployment.state_url == deployment.repository
-        self.state_cache = self.source if same else Cache(data / "git" / f"{deployment.name}.state")
+        self._source_dir = data / "git" / deployment.name
+        self._state_dir = (
+            self._source_dir
+            if deployment.state_url == deployment.repository
+            else data / "git" / f"{deployment.name}.state"
+        )
         self.status_path = data / "status" / f"{deployment.name}.json"
         self.journal = data / "journal" / f"{deployment.name}.journal"
         self.checkouts = data / "checkouts" / deployment.name
@@ -95,6 +99,14 @@ class Reconciler:
         self.lock = threading.Lock()
         self.last: Run | None = None
         self.failed_evaluation: str | None = self.status().get("failedEvaluationCommit")
+
+    @functools.cached_property
+    def source(self) -> Cache:
+        return Cache(self._source_dir)
+
+    @functools.cached_property
+    def state_cache(self) -> Cache:
+        return self.source if self._state_dir == self._source_dir else Cache(self._state_dir)
 
     # -- flags and status ------------------------------------------------------------------------------
 
@@ -218,7 +230,10 @@ class Reconciler:
             raise BranchMissing(f"The branch {d.branch!r} does not exist in {redact(d.repository)}.")
         record.source_commit = head
         if not self.source.has(head):
-            self.source.fetch(d.repository, f"refs/heads/{d.branch}", f"refs/remotes/origin/{d.branch}")
+            tracking = f"refs/remotes/origin/{d.branch}"
+            self.source.fetch(d.repository, f"refs/heads/{d.branch}", tracking)
+            head = self.source.ref(tracking) or head  # the branch may have moved since ls-remote: take the newest
+            record.source_commit = head
         self._sync_state()
         self._timed(record, "fetch", started)
         if head == self.failed_evaluation and not force:
@@ -229,8 +244,6 @@ class Reconciler:
         started = time.monotonic()
         checkout = self.checkouts / head
         if not checkout.exists():
-            if self.checkouts.exists():
-                shutil.rmtree(self.checkouts)
             self.source.materialise(head, checkout)
         engine = Engine(
             Settings(
@@ -249,9 +262,12 @@ class Reconciler:
             workdir=self.workdir,
             log=self.log,
         )
-        for note in engine.recover():
+        for note in engine.recover():  # raises, keeping everything, if an operation cannot be settled yet
             if self.log is not None:
                 self.log(f"[{d.name}] recovered: {note}")
+        for old in self.checkouts.iterdir():  # the journal is empty: older checkouts (its providers) can go
+            if old.name != head:
+                shutil.rmtree(old, ignore_errors=True)
         try:
             planned = engine.plan()
         except UserError as exc:
@@ -295,12 +311,21 @@ class Reconciler:
                 self.state_cache.fetch(d.state_url, self._state_ref, self._state_ref)
                 self.state_cache.repo.references.create(self._pushed_ref, remote, force=True)
             return
+        local = self._local(self._state_ref)
+        if remote is not None and remote != pushed and local is not None and self.state_cache.has(remote):
+            ours = self.state_cache.descends(local, remote) and (
+                pushed is None or self.state_cache.descends(remote, pushed)
+            )
+            if ours:  # we pushed it, but died (or lost the reply) before recording that
+                self.state_cache.repo.references.create(self._pushed_ref, remote, force=True)
+                pushed = remote
         if remote != pushed:
             where = f"{d.state_branch!r} in {redact(d.state_url)}"
             what = "was deleted" if remote is None else f"moved to {remote[:12]}"
             message = (
                 f"The remote state branch {where} {what}, but nixgitops last pushed"
-                f" {(pushed or 'nothing')[:12]}: another writer exists. Nothing was applied."
+                f" {(pushed or 'nothing')[:12]}: another writer exists. Nothing was applied. Find and stop the other"
+                f" writer, then run `nixgitops resume {d.name} --adopt-remote-state`."
             )
             if pushed is None:
                 message = f"The remote state branch {where} exists but this controller never pushed it."
@@ -316,7 +341,10 @@ class Reconciler:
         refused = self.state_cache.push(d.state_url, local, self._state_ref, pushed)
         self._timed(record, "push", started)
         if refused is not None:
-            message = f"Pushing the state branch {d.state_branch!r} was refused ({refused}): another writer exists."
+            message = (
+                f"Pushing the state branch {d.state_branch!r} was refused ({refused}): another writer exists. Find"
+                f" and stop it, then run `nixgitops resume {d.name} --adopt-remote-state`."
+            )
             self._flag(self.stall_flag, message)
             raise Stop("conflict", message)
         self.state_cache.repo.references.create(self._pushed_ref, local, force=True)

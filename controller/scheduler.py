@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+import uuid
 from collections.abc import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -77,7 +78,9 @@ class Runner:
             self._force = self._force or force
             if self._running:
                 return  # the run in progress takes it next
-        self.scheduler.modify_job(self.name, next_run_time=datetime.datetime.now(datetime.UTC))
+        # A one-shot job of its own: the interval job may still count as running for a moment after its loop
+        # ended, and APScheduler would skip a second start of it.
+        self.scheduler.add_job(self.tick, id=f"{self.name}:now:{uuid.uuid4().hex}", misfire_grace_time=None)
 
 
 class Scheduler:

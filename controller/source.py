@@ -101,8 +101,10 @@ class Cache:
             )
         except git.exc.GitCommandError as exc:
             text = _message(exc)
-            if "stale info" in text or "rejected" in text or "fetch first" in text:
-                return text
+            out = exc.stdout if isinstance(exc.stdout, str) else ""
+            for reason in (out, text):
+                if "stale info" in reason or "rejected" in reason or "fetch first" in reason:
+                    return redact(reason.replace("stdout: ", "").strip("'\n "))
             raise SourceUnavailable(f"Cannot push {ref} to {redact(url)}: {text}") from None
         return None
 
@@ -111,11 +113,18 @@ class Cache:
 
     def materialise(self, commit: str, directory: Path) -> Path:
         """Write the files of ``commit`` into ``directory`` (replaced if it exists); nothing else is touched."""
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        partial = directory.with_name(directory.name + ".partial")
+        for stale in (directory, partial):
+            if stale.exists():
+                shutil.rmtree(stale)
+        partial.mkdir(parents=True)
         tree = self.repo.revparse_single(commit).peel(pygit2.Tree)
         self.repo.checkout_tree(  # type: ignore[no-untyped-call]
-            tree, directory=str(directory), strategy=pygit2.enums.CheckoutStrategy.FORCE
+            tree, directory=str(partial), strategy=pygit2.enums.CheckoutStrategy.FORCE
         )
+        partial.rename(directory)  # complete or absent, never half-written
         return directory
+
+    def ref(self, name: str) -> str | None:
+        found = self.repo.references.get(name)
+        return str(found.target) if found is not None else None

@@ -69,3 +69,27 @@ def test_errors_name_the_key_and_the_file(tmp_path: Path) -> None:
         load(write(tmp_path, CONTRACT), environ={}).deployment("api")
     with pytest.raises(ConfigError, match="Cannot read the configuration file"):
         load(tmp_path / "missing.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("[controler]\ndata_dir = '/x'\n", "`controler` in"),
+        ('[deployments.api]\nrepository = "ssh://git@example.org/infra.git"\n', "both write the state branch"),
+        ("", None),
+    ],
+)
+def test_tables_and_shared_state_branches(tmp_path: Path, extra: str, needle: str | None) -> None:
+    path = write(tmp_path, CONTRACT + extra)
+    if needle is None:
+        load(path, environ={})
+        return
+    with pytest.raises(ConfigError, match=needle):
+        load(path, environ={})
+
+
+def test_branch_names_are_checked_and_env_strings_stay_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, CONTRACT)
+    with pytest.raises(ConfigError, match=r"`deployments\.web\.branch` in .*: 'bad\.\.name' is not a valid Git branch"):
+        load(path, environ={"NIXGITOPS__DEPLOYMENTS__WEB__BRANCH": "bad..name"})
+    assert load(path, environ={"NIXGITOPS__DEPLOYMENTS__WEB__BRANCH": "2024"}).deployment("web").branch == "2024"

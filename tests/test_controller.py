@@ -230,14 +230,14 @@ def test_plan_only_and_suspend(tmp_path: Path, server: GitServer, dev: Developer
     config = configure(tmp_path, server.url("infra.git"), 'apply = "plan-only"')
     dev.push(DEPLOYMENT.replace("TEXT", "one"))
     done = nixgitops("reconcile", "web", "--config", str(config))
-    assert done.returncode == 0 and "planned" in done.stdout
+    assert done.returncode == 3 and "planned" in done.stdout, "plan-only applies nothing, so it is not exit 0"
     status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]
     assert {c["action"] for c in status["lastPlan"]["changes"]} == {"create"}
     assert not (workdir(tmp_path) / "motd.txt").exists()
     assert nixgitops("suspend", "web", "--config", str(config)).returncode == 0
     assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "suspended")
     assert nixgitops("resume", "web", "--config", str(config)).returncode == 0
-    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 3
 
 
 @pytest.mark.parametrize(
@@ -376,3 +376,49 @@ def test_two_processes_never_reconcile_one_deployment_at_once(
         assert done.returncode != 0 and "busy" in done.stdout
     assert not (workdir(tmp_path) / "motd.txt").exists()
     assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+
+
+def test_a_push_whose_record_was_lost_is_not_a_conflict(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    config = configure(tmp_path, server.url("infra.git"))
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    cache = tmp_path / "data" / "git" / "web"
+    git(cache, "update-ref", "-d", "refs/nixgitops/pushed/nixgitops/state")  # as if killed right after the push
+    second = dev.push(DEPLOYMENT.replace("TEXT", "two"))
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert f"Source-Commit: {second}" in dev.state_log()
+
+
+def test_recovery_runs_providers_in_the_work_directory(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    extra = 'members.extra = { type = providers.local.file; inputs = { name = "extra.txt"; contents = "x"; }; };'
+    text = DEPLOYMENT.replace("TEXT", "one").replace("members.greeting", extra + "\n  members.greeting", 1)
+    config = configure(tmp_path, server.url("infra.git"))
+    dev.push(text)
+    journal = tmp_path / "data" / "journal" / "web.journal"
+    journal.parent.mkdir(parents=True)
+    record = {"path": "extra", "type": "local.file", "inputs": {"name": "extra.txt", "contents": "x"}, "outputs": {}}
+    intent = {
+        "kind": "intent",
+        "id": 1,
+        "path": "extra",
+        "pid": 0,
+        "record": record,
+        "provider": {"name": "local", "executable": sys.executable, "args": ["-m", "controller.local_provider"]},
+        "message": {"createResourceRequest": {"type": "file", "inputProperties": record["inputs"], "isStateful": True}},
+    }
+    journal.write_text(json.dumps(intent) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "controller", "reconcile", "web", "--config", str(config)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "recovered: extra: a createResourceRequest was in flight" in done.stderr
+    assert (workdir(tmp_path) / "extra.txt").read_text() == "x"
+    assert not (elsewhere / "extra.txt").exists()
+    assert "Recover an interrupted run" in dev.state_log()

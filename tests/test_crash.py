@@ -83,7 +83,10 @@ def test_kill_9_during_reconciles_then_restart(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     git(work, "init", "-q", "-b", "main")
-    (work / "deployment.nix").write_text(deployment(objects))
+    # The provider lives in the repository, so recovery must find it even after a newer commit arrives.
+    (work / "ledger.sh").write_bytes(LEDGER.read_bytes())
+    (work / "ledger.sh").chmod(0o755)
+    (work / "deployment.nix").write_text(deployment(objects).replace(f'"{LEDGER}"', "./ledger.sh"))
     git(work, "add", "-A")
     git(work, "commit", "-qm", "entries")
     git(work, "push", "-q", str(remote), "main")
@@ -106,6 +109,9 @@ def test_kill_9_during_reconciles_then_restart(tmp_path: Path) -> None:
                 break
             threading.Event().wait(0.005)
         proc.wait(timeout=60)
+    (work / "deployment.nix").write_text((work / "deployment.nix").read_text() + "# a newer commit\n")
+    git(work, "commit", "-qam", "newer")
+    git(work, "push", "-q", str(remote), "main")
     final = subprocess.run(
         [sys.executable, "-m", "controller", "reconcile", "web", "--config", str(config)],
         capture_output=True,

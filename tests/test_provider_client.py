@@ -115,5 +115,9 @@ def test_a_line_nobody_asked_for_is_a_protocol_violation(tmp_path: Path) -> None
     with Providers({"notes": notes(tmp_path / "log")}, size=1) as providers:
         first = create(providers, "a", "chatty")
         assert first["outputProperties"] == {"id": "extra"}
+        process = providers._pools["notes"]._idle[0]
+        deadline = time.monotonic() + 10  # the stray line is detected once it has arrived
+        while process._lines.empty() and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
         with pytest.raises(ProviderError, match="wrote a line nobody asked for"):
             create(providers, "b")
