@@ -80,6 +80,18 @@ class Developer:
         git(self.work, "push", "-q", "origin", "HEAD:refs/heads/main")
         return git(self.work, "rev-parse", "HEAD").strip()
 
+    def push_signed(self, text: str, config: list[str], env: dict[str, str] | None = None) -> None:
+        """Commit signed (``config``: git -c options naming the key) and push."""
+        (self.work / "deployment.nix").write_text(text)
+        git(self.work, "add", "-A")
+        subprocess.run(
+            ["git", *config, "commit", "-q", "-S", "-m", "signed"],
+            cwd=self.work,
+            env={**os.environ, **GIT_ENV, "HOME": str(self.work), **(env or {})},
+            check=True,
+        )
+        git(self.work, "push", "-q", "origin", "HEAD:refs/heads/main")
+
     def state_log(self) -> str:
         env = {**os.environ, **GIT_ENV}
         done = subprocess.run(

@@ -173,11 +173,7 @@ def test_signature_verification(tmp_path: Path, server: GitServer, dev: Develope
     dev.push(DEPLOYMENT.replace("TEXT", "unsigned"))
     assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "is not signed by a trusted key")
     assert not (workdir(tmp_path) / "motd.txt").exists()
-    signed = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}"]
-    (dev.work / "deployment.nix").write_text(DEPLOYMENT.replace("TEXT", "signed"))
-    git(dev.work, "add", "-A")
-    git(dev.work, *signed, "commit", "-q", "-S", "-m", "signed")
-    git(dev.work, "push", "-q", "origin", "HEAD:refs/heads/main")
+    dev.push_signed(DEPLOYMENT.replace("TEXT", "signed"), ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}"])
     done = nixgitops("reconcile", "web", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert (workdir(tmp_path) / "motd.txt").read_text() == "signed\n"
@@ -329,33 +325,17 @@ def test_gpg_signature_verification(tmp_path: Path, server: GitServer, dev: Deve
     )
     config = configure(tmp_path, server.url("infra.git"), f'verify = {{ gpg_home = "{home}" }}')
 
-    def signed_push(text: str, keyring: Path, key: str) -> None:
-        (dev.work / "deployment.nix").write_text(DEPLOYMENT.replace("TEXT", text))
-        subprocess.run(["git", "add", "-A"], cwd=dev.work, check=True)
-        subprocess.run(
-            [
-                "git",
-                "-c",
-                "user.name=Test",
-                "-c",
-                "user.email=test@example.invalid",
-                "-c",
-                f"user.signingkey={key}",
-                "commit",
-                "-q",
-                "-S",
-                "-m",
-                text,
-            ],
-            cwd=dev.work,
-            env={**os.environ, "GNUPGHOME": str(keyring)},
-            check=True,
-        )
-        git(dev.work, "push", "-q", "origin", "HEAD:refs/heads/main")
-
-    signed_push("untrusted", stranger, "o@example.invalid")
+    dev.push_signed(
+        DEPLOYMENT.replace("TEXT", "untrusted"),
+        ["-c", "user.signingkey=o@example.invalid"],
+        {"GNUPGHOME": str(stranger)},
+    )
     assert_clean_error(nixgitops("reconcile", "web", "--config", str(config)), "is not signed by a trusted key")
-    signed_push("trusted", home, "test@example.invalid")
+    dev.push_signed(
+        DEPLOYMENT.replace("TEXT", "trusted"),
+        ["-c", "user.signingkey=test@example.invalid"],
+        {"GNUPGHOME": str(home)},
+    )
     done = nixgitops("reconcile", "web", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert (workdir(tmp_path) / "motd.txt").read_text() == "trusted\n"
