@@ -1,0 +1,31 @@
+"""GitLab: ``X-Gitlab-Token`` carries the secret itself; ``X-Gitlab-Event: Push Hook``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from webhooks.base import Delivery, check_token, header, json_body, text, urls
+
+
+def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
+    check_token(header(headers, "X-Gitlab-Token"), secret, name="X-Gitlab-Token")
+    event = header(headers, "X-Gitlab-Event") or ""
+    delivery = header(headers, "X-Gitlab-Event-UUID") or header(headers, "Idempotency-Key")
+    data = json_body(body)
+    if event != "Push Hook":
+        return Delivery(event or "unknown", delivery)
+    project = data.get("project") or {}
+    repo = data.get("repository") or {}
+    return Delivery(
+        "push",
+        delivery,
+        text(data, "ref"),
+        text(data, "after"),
+        urls(
+            text(project, "git_http_url"),
+            text(project, "git_ssh_url"),
+            text(project, "web_url"),
+            text(repo, "git_http_url"),
+            text(repo, "git_ssh_url"),
+        ),
+    )
