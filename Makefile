@@ -17,6 +17,7 @@ system:
 	@missing=""; \
 	command -v nix-instantiate >/dev/null 2>&1 || missing="$$missing nix-bin"; \
 	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	$(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,12 @@ GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid",
 DEPLOYMENT = (
     '{ members, providers, ... }: { members.m = { type = providers.local.memo; inputs.initialize_with = "V"; }; }'
 )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def sh(*argv: str, cwd: Path) -> str:
@@ -39,7 +46,8 @@ def main() -> int:
         clone = root / "clone"
         config = root / "nixgitops.toml"
         config.write_text(
-            f'[controller]\ndata_dir = "{root / "data"}"\n[deployments.b]\nrepository = "{root / "remote.git"}"\n'
+            f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+            f'[deployments.b]\nrepository = "{root / "remote.git"}"\n'
             f'interval = "{args.interval}"\njitter = "1ms"\n'
         )
 

@@ -59,11 +59,30 @@ class DeploymentConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """A webhook receiver, served at ``POST /hooks/<name>``."""
+
+    name: str
+    kind: str
+    secret: bytes = field(repr=False)
+    deployments: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     data_dir: Path
     identity: tuple[str, str] = ("nixgitops", "nixgitops@localhost")
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    receivers: dict[str, ReceiverConfig] = field(default_factory=dict)
 
     def deployment(self, name: str) -> DeploymentConfig:
         if name not in self.deployments:
@@ -164,7 +183,57 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
             )
         writers[key] = name
         deployments[name] = deployment
-    return Config(path, data_dir, identity, deployments)
+    server = _server(data.get("server", {}), where)
+    receivers = _receivers(data.get("receivers", {}), deployments, where)
+    return Config(path, data_dir, identity, deployments, server, receivers)
+
+
+def _server(table: Any, where: Any) -> ServerConfig:
+    if not isinstance(table, dict) or set(table) - {"listen", "token_file"}:
+        raise ConfigError(f"{where('server')} must be a table with `listen` and optionally `token_file`.")
+    listen = table.get("listen", "127.0.0.1:8080")
+    host, _, port = str(listen).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'{where("server.listen")} must be HOST:PORT, such as "127.0.0.1:8080", not {listen!r}.')
+    token_file = table.get("token_file")
+    if token_file is not None and not Path(str(token_file)).is_file():
+        raise ConfigError(f"{where('server.token_file')}: {token_file!r} is not a readable file.")
+    return ServerConfig(host.strip("[]"), int(port), Path(token_file) if token_file else None)
+
+
+def _receivers(tables: Any, deployments: Mapping[str, DeploymentConfig], where: Any) -> dict[str, ReceiverConfig]:
+    from webhooks import KINDS
+
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where('receivers')} must be tables [receivers.<name>].")
+    receivers = {}
+    for name, table in tables.items():
+        prefix = f"receivers.{name}"
+        if not NAME.match(name) or not isinstance(table, dict):
+            raise ConfigError(f"{where(prefix)} must be a table named with letters, digits, _ - .")
+        unknown = set(table) - {"kind", "secret_file", "deployments"}
+        if unknown:
+            raise ConfigError(f"{where(prefix + '.' + sorted(unknown)[0])} is not a known key.")
+        kind = table.get("kind")
+        if kind not in KINDS:
+            raise ConfigError(f"{where(prefix + '.kind')} must be one of {', '.join(sorted(KINDS))}, not {kind!r}.")
+        secret_file = table.get("secret_file")
+        try:
+            secret = Path(str(secret_file)).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where(prefix + '.secret_file')}: cannot read {secret_file!r}: {exc.strerror}."
+            ) from None
+        if not secret:
+            raise ConfigError(f"{where(prefix + '.secret_file')}: {secret_file!r} is empty.")
+        names = table.get("deployments")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{where(prefix + '.deployments')} must list the deployments a push may trigger.")
+        for n in names:
+            if n not in deployments:
+                raise ConfigError(f"{where(prefix + '.deployments')}: no deployment {n!r} is configured.")
+        receivers[name] = ReceiverConfig(name, kind, secret, tuple(names))
+    return receivers
 
 
 KEYS = {

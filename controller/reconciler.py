@@ -16,6 +16,7 @@ Outcomes, and what the scheduler does next:
 
 from __future__ import annotations
 
+import collections
 import datetime
 import fcntl
 import functools
@@ -29,9 +30,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller.apply import Event
 from controller.config import Config, DeploymentConfig
 from controller.engine import Engine, Settings
 from controller.errors import NixgitopsError, UserError
+from controller.metrics import Metrics
 from controller.plan_render import plan_json
 from controller.planning import Plan, without_deletes
 from controller.processes import CommandFailed, run
@@ -76,10 +79,21 @@ class Stop(Exception):
 class Reconciler:
     """Runs reconciles of one deployment, one at a time."""
 
-    def __init__(self, config: Config, deployment: DeploymentConfig, *, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        deployment: DeploymentConfig,
+        *,
+        log: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.config = config
         self.deployment = deployment
         self.log = log
+        self.metrics = metrics
+        self.history: collections.deque[Run] = collections.deque(maxlen=50)
+        self.reached = False  # the source remote answered at least once (for /readyz)
+        self._plan_counts: dict[str, int] | None = None
         data = config.data_dir
         self._source_dir = data / "git" / deployment.name
         self._state_dir = (
@@ -210,10 +224,45 @@ class Reconciler:
             except NixgitopsError as exc:
                 record.outcome, record.message = "failed", str(exc)
             self.last = record
+            self.history.append(record)
             self._write_status(record, extra)
+            self._observe(record)
             if self.log is not None:
                 self.log(f"[{self.deployment.name}] {record.outcome}: {record.message}".rstrip(": "))
             return record
+
+    def _observe(self, record: Run) -> None:
+        if self.metrics is None:
+            return
+        resources = None
+        applied = None
+        if record.outcome in ("success", "no-change", "failed") and self._local(self._state_ref) is not None:
+            store = StateBranch(
+                self.state_cache.repo, branch=self.deployment.state_branch, deployment=self.deployment.name
+            )
+            resources = dict(collections.Counter(r.type for r in store.load().values()))
+            applied = store.load_meta().get("lastAppliedCommit")
+        self.metrics.run(
+            self.deployment.name,
+            record.outcome,
+            time.time(),
+            record.phases,
+            self._plan_counts,
+            resources,
+            applied,
+            self.suspended,
+        )
+        self._plan_counts = None
+
+    def _operation(self, plan: Plan) -> Callable[[Event], None]:
+        providers = {c.path: c.provider for c in plan.changes}
+
+        def report(event: Event) -> None:
+            if self.metrics is not None and event.kind in ("ok", "failed") and event.action.value != "noop":
+                provider = providers.get(event.path, "unknown")
+                self.metrics.operation(self.deployment.name, provider, event.action.value, event.kind, event.seconds)
+
+        return report
 
     def _timed(self, record: Run, phase: str, started: float) -> None:
         record.phases[phase] = round(record.phases.get(phase, 0.0) + time.monotonic() - started, 6)
@@ -226,6 +275,7 @@ class Reconciler:
             raise Stop("conflict", f"stopped until an operator acts: {self.stalled()}")
         started = time.monotonic()
         head = remote_ref(d.repository, f"refs/heads/{d.branch}")
+        self.reached = True
         if head is None:
             raise BranchMissing(f"The branch {d.branch!r} does not exist in {redact(d.repository)}.")
         record.source_commit = head
@@ -282,12 +332,13 @@ class Reconciler:
         plan: Plan = planned.plan if d.prune else without_deletes(planned.plan)
         extra["lastPlan"] = plan_json(plan, deployment=d.name, source_commit=head, dependencies=planned.dependencies)
         record.counts = plan.counts()
+        self._plan_counts = dict(record.counts)
         if d.apply == "plan-only":
             raise Stop("planned", f"plan only: {sum(v for k, v in record.counts.items() if k != 'noop')} change(s)")
 
         started = time.monotonic()
         if plan.has_changes:
-            result = engine.apply(replace(planned, plan=plan))
+            result = engine.apply(replace(planned, plan=plan), report=self._operation(plan))
             record.counts = result.counts
             record.state_commit = result.commit
             outcome = "success" if result.ok else "failed"

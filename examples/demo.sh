@@ -27,9 +27,13 @@ git log --oneline
 step "What it would do: nixgitops plan (in the clone)"
 "$nixgitops" plan
 
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$work/nixgitops.toml" <<TOML
 [controller]
 data_dir = "$work/data"
+
+[server]
+listen = "127.0.0.1:$port"
 
 [deployments.hello]
 repository = "$work/remote.git"

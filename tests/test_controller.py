@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_error, git
-from gitserver import Developer, GitServer
+from gitserver import Developer, GitServer, free_port
 
 DEPLOYMENT = """{ members, providers, ... }: {
   members.greeting = { type = providers.local.exec; inputs = { executable = "echo"; args = [ "TEXT" ]; }; };
@@ -43,7 +43,7 @@ def dev(server: GitServer, tmp_path: Path) -> Developer:
 def configure(tmp_path: Path, url: str, extra: str = "", interval: str = "1m") -> Path:
     config = tmp_path / "nixgitops.toml"
     config.write_text(
-        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n\n[server]\nlisten = "127.0.0.1:{free_port()}"\n\n'
         f'[deployments.web]\nrepository = "{url}"\ninterval = "{interval}"\n{extra}\n'
     )
     return config
@@ -263,7 +263,7 @@ def test_a_hanging_deployment_does_not_delay_another(tmp_path: Path, server: Git
     silent.listen(8)
     config = tmp_path / "nixgitops.toml"
     config.write_text(
-        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
         f'[deployments.stuck]\nrepository = "git://127.0.0.1:{silent.getsockname()[1]}/x.git"\ninterval = "1s"\n'
         f'[deployments.web]\nrepository = "{server.url("infra.git")}"\ninterval = "1s"\n'
     )
@@ -402,3 +402,54 @@ def test_recovery_runs_providers_in_the_work_directory(tmp_path: Path, server: G
     assert (workdir(tmp_path) / "extra.txt").read_text() == "x"
     assert not (elsewhere / "extra.txt").exists()
     assert "Recover an interrupted run" in dev.state_log()
+
+
+def test_a_signed_github_push_is_applied_without_polling(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    import hashlib
+    import hmac
+    import urllib.request
+
+    secret = tmp_path / "secret"
+    secret.write_text("hook-secret\n")
+    port = free_port()
+    config = tmp_path / "nixgitops.toml"
+    url = server.url("infra.git")
+    config.write_text(
+        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+        f'[deployments.web]\nrepository = "{url}"\ninterval = "1h"\n'
+        f'[receivers.gh]\nkind = "github"\nsecret_file = "{secret}"\ndeployments = ["web"]\n'
+    )
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "controller", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (workdir(tmp_path) / "motd.txt").exists():  # the start-up reconcile
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.05)
+        sha = dev.push(DEPLOYMENT.replace("TEXT", "two"))
+        body = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {"git_url": url}}).encode()
+        signature = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/hooks/gh",
+            data=body,
+            headers={"X-Hub-Signature-256": signature, "X-GitHub-Event": "push", "X-GitHub-Delivery": "x1"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+            assert json.loads(response.read())["deployments"] == ["web"]
+        deadline = time.monotonic() + 60
+        while f"Source-Commit: {sha}" not in dev.state_log():
+            assert time.monotonic() < deadline, "the webhook did not lead to an apply within 60 s"
+            time.sleep(0.05)
+        assert (workdir(tmp_path) / "motd.txt").read_text() == "two\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'nixgitops_reconcile_total{deployment="web",result="success"}' in metrics
+        assert 'nixgitops_webhook_requests_total{receiver="gh",result="triggered"} 1.0' in metrics
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)

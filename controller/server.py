@@ -1,0 +1,182 @@
+"""The HTTP face of the controller: one ASGI app (FastAPI) served by uvicorn.
+
+    POST /hooks/<receiver>        push webhooks: verified, then "reconcile now" for the matching deployments
+    GET  /metrics                 Prometheus metrics
+    GET  /healthz                 the process is alive
+    GET  /readyz                  config loaded, scheduler running, every source reached at least once
+    GET  /api/v1/...              read-only status: deployments, runs, last plan, resources (optional bearer token)
+    POST /api/v1/deployments/<name>/reconcile   ask for a reconcile now (and, with ?wait=true, its outcome)
+
+A webhook answers at once; the reconcile runs after the response, on the scheduler's threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from controller.config import Config
+from controller.metrics import Metrics
+from controller.reconciler import Reconciler
+from controller.scheduler import Scheduler
+from controller.state_branch import StateBranch
+from webhooks import Rejected, receive, same_repository
+
+MAX_BODY = 1024 * 1024
+SEEN = 1024  # delivery ids remembered per receiver, to ignore redeliveries
+
+
+class Deliveries:
+    """The last delivery ids of one receiver."""
+
+    def __init__(self) -> None:
+        self._order: collections.deque[str] = collections.deque(maxlen=SEEN)
+        self._set: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first_time(self, delivery: str) -> bool:
+        with self._lock:
+            if delivery in self._set:
+                return False
+            if len(self._order) == SEEN:
+                self._set.discard(self._order[0])
+            self._order.append(delivery)
+            self._set.add(delivery)
+            return True
+
+
+def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="nixgitops", version="1", description="Status and webhooks of the nixgitops controller.")
+    runners = scheduler.runners
+    seen = {name: Deliveries() for name in config.receivers}
+
+    def reconciler(name: str) -> Reconciler:
+        if name not in runners:
+            raise HTTPException(404, f"no deployment {name!r}")
+        return runners[name].reconciler
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/hooks/{receiver}", include_in_schema=False)
+    async def hook(receiver: str, request: Request) -> JSONResponse:
+        def answer(status: int, result: str, **body: Any) -> JSONResponse:
+            metrics.webhooks.labels(receiver if receiver in config.receivers else "unknown", result).inc()
+            return JSONResponse({"result": result, **body}, status_code=status)
+
+        spec = config.receivers.get(receiver)
+        if spec is None:
+            return answer(404, "unknown_receiver")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            return answer(413, "too_large")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return answer(413, "too_large")
+        try:
+            delivery = receive(spec.kind, dict(request.headers), body, spec.secret)
+        except Rejected as exc:
+            return answer(exc.status, "unauthorized" if exc.status == 401 else "malformed", message=str(exc))
+        if delivery.event == "ping":
+            return answer(200, "ping")
+        if delivery.event != "push":
+            return answer(202, "ignored", reason=f"event {delivery.event!r} is not a push")
+        if delivery.delivery_id and not seen[receiver].first_time(delivery.delivery_id):
+            return answer(202, "duplicate", reason="this delivery was already received")
+        triggered = []
+        for name in spec.deployments:
+            d = config.deployments[name]
+            if delivery.ref == f"refs/heads/{d.branch}" and same_repository(d.repository, delivery.repositories):
+                scheduler.reconcile_now(name)
+                triggered.append(name)
+        if not triggered:
+            return answer(202, "ignored", reason="no configured deployment tracks this repository and branch")
+        return answer(202, "triggered", deployments=triggered)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/healthz", summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready to serve: scheduler running, every source reached once")
+    def readyz() -> JSONResponse:
+        waiting = sorted(n for n, r in runners.items() if not r.reconciler.reached)
+        ready = scheduler.running and not waiting
+        body = {"ready": ready, "schedulerRunning": scheduler.running, "sourcesNotReached": waiting}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/api/v1/deployments", summary="Every deployment's status")
+    def deployments(request: Request) -> list[dict[str, Any]]:
+        authorised(request)
+        return [status(name) for name in sorted(runners)]
+
+    def status(name: str) -> dict[str, Any]:
+        r = reconciler(name)
+        data = r.status()
+        data.pop("lastPlan", None)
+        data.setdefault("deployment", name)
+        data["suspended"] = r.suspended
+        data["stalled"] = r.stalled()
+        return data
+
+    @app.get("/api/v1/deployments/{name}", summary="One deployment's status")
+    def deployment(name: str, request: Request) -> dict[str, Any]:
+        authorised(request)
+        return status(name)
+
+    @app.get("/api/v1/deployments/{name}/runs", summary="Recent runs, newest first")
+    def runs(name: str, request: Request) -> list[dict[str, Any]]:
+        authorised(request)
+        return [asdict(run) for run in reversed(reconciler(name).history)]
+
+    @app.get("/api/v1/deployments/{name}/plan", summary="The last plan")
+    def plan(name: str, request: Request) -> dict[str, Any]:
+        authorised(request)
+        last = reconciler(name).status().get("lastPlan")
+        if last is None:
+            raise HTTPException(404, f"no plan recorded yet for {name!r}")
+        return dict(last)
+
+    @app.get("/api/v1/deployments/{name}/resources", summary="Resources in state")
+    def resources(name: str, request: Request) -> list[dict[str, Any]]:
+        authorised(request)
+        r = reconciler(name)
+        d = r.deployment
+        if r.state_cache.repo.references.get(f"refs/heads/{d.state_branch}") is None:
+            return []
+        state = StateBranch(r.state_cache.repo, branch=d.state_branch, deployment=d.name).load()
+        return [state[p].to_json() for p in sorted(state)]
+
+    @app.post("/api/v1/deployments/{name}/reconcile", summary="Reconcile now; with wait=true, return the run")
+    def reconcile_now(name: str, request: Request, wait: bool = False) -> dict[str, Any]:
+        authorised(request)
+        runner = runners.get(name)
+        if runner is None:
+            raise HTTPException(404, f"no deployment {name!r}")
+        with runner.finished:
+            before = runner.runs
+        scheduler.reconcile_now(name)
+        if not wait:
+            return {"requested": True}
+        with runner.finished:
+            if not runner.finished.wait_for(lambda: runner.runs > before, timeout=3600):
+                raise HTTPException(504, "the reconcile did not finish within an hour")
+        last = runner.reconciler.last
+        return asdict(last) if last is not None else {}
+
+    return app
