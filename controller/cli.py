@@ -11,8 +11,9 @@ import json
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from controller import __version__
 from controller.apply import Event
@@ -219,8 +220,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if args.command == "run":
         return daemon.run(args.config)
     config = load(args.config)
+    remote = _daemon_api(config)
     if args.command == "status":
-        rows = [Reconciler(config, d).status() or {"deployment": d.name} for d in config.deployments.values()]
+        rows = (
+            remote("GET", "/api/v1/deployments")
+            if remote is not None
+            else [Reconciler(config, d).status() or {"deployment": d.name} for d in config.deployments.values()]
+        )
         if args.json:
             print(json.dumps(rows, indent=2, sort_keys=True))
             return 0
@@ -235,6 +241,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             if last.get("message"):
                 print(f"  {last['message']}")
         return 0
+    if args.command == "reconcile" and remote is not None:
+        config.deployment(args.name)
+        print(f"(asking the running controller at {config.server.host}:{config.server.port})", file=sys.stderr)
+        return _report_run(args.name, remote("POST", f"/api/v1/deployments/{args.name}/reconcile?wait=true"))
     reconciler = Reconciler(config, config.deployment(args.name), log=daemon.log)
     if args.command == "suspend":
         reconciler.suspend()
@@ -244,14 +254,46 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         reconciler.resume(adopt_remote_state=args.adopt_remote_state)
         print(f"{args.name}: resumed")
         return 0
-    record = reconciler.reconcile(force=True)
-    phases = ", ".join(f"{k} {v:.3f}s" for k, v in record.phases.items())
-    print(f"{args.name}: {record.outcome} at {str(record.source_commit or '-')[:12]} ({phases})")
-    if record.message and not record.ok:
-        print(f"Error: {args.name}: {record.message}", file=sys.stderr)
-    if record.outcome == "planned":
+    from dataclasses import asdict
+
+    return _report_run(args.name, asdict(reconciler.reconcile(force=True)))
+
+
+def _report_run(name: str, run: dict[str, Any]) -> int:
+    phases = ", ".join(f"{k} {v:.3f}s" for k, v in (run.get("phases") or {}).items())
+    outcome = run.get("outcome", "unknown")
+    print(f"{name}: {outcome} at {str(run.get('source_commit') or '-')[:12]} ({phases})")
+    if run.get("message") and outcome not in ("success", "no-change", "planned"):
+        print(f"Error: {name}: {run['message']}", file=sys.stderr)
+    if outcome == "planned":
         return 3  # the plan is recorded, but nothing was applied (apply = "plan-only")
-    return 0 if record.outcome in ("success", "no-change") else 1
+    return 0 if outcome in ("success", "no-change") else 1
+
+
+def _daemon_api(config: Any) -> Callable[[str, str], Any] | None:
+    """A caller of the running controller's API, or None when none answers at the configured address."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://{config.server.host}:{config.server.port}"
+    headers = {}
+    if config.server.token_file is not None:
+        headers["Authorization"] = f"Bearer {config.server.token_file.read_text().strip()}"
+
+    def call(method: str, path: str, timeout: float = 3600) -> Any:
+        request = urllib.request.Request(
+            base + path, method=method, headers=headers, data=b"" if method == "POST" else None
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + "/healthz"), timeout=2) as response:
+            if json.loads(response.read()).get("status") != "ok":
+                return None
+    except (OSError, ValueError):
+        return None
+    return call
 
 
 def main(argv: Sequence[str] | None = None) -> int:

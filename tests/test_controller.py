@@ -450,6 +450,12 @@ def test_a_signed_github_push_is_applied_without_polling(tmp_path: Path, server:
             metrics = response.read().decode()
         assert 'nixgitops_reconcile_total{deployment="web",result="success"}' in metrics
         assert 'nixgitops_webhook_requests_total{receiver="gh",result="triggered"} 1.0' in metrics
+        # The command line talks to the running controller instead of reconciling on its own.
+        done = nixgitops("reconcile", "web", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        assert "asking the running controller" in done.stderr and "web: no-change" in done.stdout
+        status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)
+        assert status[0]["deployment"] == "web" and status[0]["sourceCommit"] == sha
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)

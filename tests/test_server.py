@@ -51,11 +51,10 @@ class FakeScheduler:
         self.requests.append(name)
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[TestClient, FakeScheduler, Metrics]:
+def make_config(tmp_path: Path) -> Any:
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET + b"\n")
-    config = parse(
+    return parse(
         {
             "controller": {"data_dir": str(tmp_path)},
             "deployments": {
@@ -66,6 +65,11 @@ def setup(tmp_path: Path) -> tuple[TestClient, FakeScheduler, Metrics]:
         },
         tmp_path / "nixgitops.toml",
     )
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[TestClient, FakeScheduler, Metrics]:
+    config = make_config(tmp_path)
     scheduler = FakeScheduler(config)
     metrics = Metrics()
     return TestClient(create_app(config, scheduler, metrics)), scheduler, metrics  # type: ignore[arg-type]
@@ -159,3 +163,12 @@ def test_metrics_pass_promtool(setup: Any) -> None:
         pytest.skip("promtool is not installed (make test installs Debian's prometheus package)")
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_api_can_require_a_bearer_token(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    guarded = TestClient(create_app(config, FakeScheduler(config), Metrics(), token="t0k"))  # type: ignore[arg-type]
+    assert guarded.get("/api/v1/deployments").status_code == 401
+    assert guarded.get("/api/v1/deployments", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert guarded.get("/api/v1/deployments", headers={"Authorization": "Bearer t0k"}).status_code == 200
+    assert guarded.get("/healthz").status_code == 200, "probes never need the token"
