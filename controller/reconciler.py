@@ -186,6 +186,14 @@ class Reconciler:
         tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
         os.replace(tmp, self.status_path)
 
+    def resources(self) -> list[dict[str, Any]]:
+        """The resources on the local copy of the state branch, as JSON records."""
+        if self._local(self._state_ref) is None:
+            return []
+        d = self.deployment
+        state = StateBranch(self.state_cache.repo, branch=d.state_branch, deployment=d.name).load()
+        return [state[p].to_json() for p in sorted(state)]
+
     # -- refs ------------------------------------------------------------------------------------------
 
     @property

@@ -16,19 +16,19 @@ import collections
 import hmac
 import threading
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from controller.config import Config
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.scheduler import Scheduler
-from controller.state_branch import StateBranch
 from webhooks import Rejected, receive, same_repository
 
 MAX_BODY = 1024 * 1024
+Name = Annotated[str, Path(description="A deployment's name from the configuration.", examples=["web"])]
 SEEN = 1024  # delivery ids remembered per receiver, to ignore redeliveries
 
 
@@ -135,17 +135,17 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
         return data
 
     @app.get("/api/v1/deployments/{name}", summary="One deployment's status")
-    def deployment(name: str, request: Request) -> dict[str, Any]:
+    def deployment(name: Name, request: Request) -> dict[str, Any]:
         authorised(request)
         return status(name)
 
     @app.get("/api/v1/deployments/{name}/runs", summary="Recent runs, newest first")
-    def runs(name: str, request: Request) -> list[dict[str, Any]]:
+    def runs(name: Name, request: Request) -> list[dict[str, Any]]:
         authorised(request)
         return [asdict(run) for run in reversed(reconciler(name).history)]
 
     @app.get("/api/v1/deployments/{name}/plan", summary="The last plan")
-    def plan(name: str, request: Request) -> dict[str, Any]:
+    def plan(name: Name, request: Request) -> dict[str, Any]:
         authorised(request)
         last = reconciler(name).status().get("lastPlan")
         if last is None:
@@ -153,17 +153,12 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
         return dict(last)
 
     @app.get("/api/v1/deployments/{name}/resources", summary="Resources in state")
-    def resources(name: str, request: Request) -> list[dict[str, Any]]:
+    def resources(name: Name, request: Request) -> list[dict[str, Any]]:
         authorised(request)
-        r = reconciler(name)
-        d = r.deployment
-        if r.state_cache.repo.references.get(f"refs/heads/{d.state_branch}") is None:
-            return []
-        state = StateBranch(r.state_cache.repo, branch=d.state_branch, deployment=d.name).load()
-        return [state[p].to_json() for p in sorted(state)]
+        return reconciler(name).resources()
 
     @app.post("/api/v1/deployments/{name}/reconcile", summary="Reconcile now; with wait=true, return the run")
-    def reconcile_now(name: str, request: Request, wait: bool = False) -> dict[str, Any]:
+    def reconcile_now(name: Name, request: Request, wait: bool = False) -> dict[str, Any]:
         authorised(request)
         runner = runners.get(name)
         if runner is None:

@@ -454,6 +454,11 @@ def test_a_signed_github_push_is_applied_without_polling(tmp_path: Path, server:
         done = nixgitops("reconcile", "web", "--config", str(config))
         assert done.returncode == 0, done.stderr
         assert "asking the running controller" in done.stderr and "web: no-change" in done.stdout
+        api = f"http://127.0.0.1:{port}/api/v1/deployments/web"
+        with urllib.request.urlopen(api + "/resources", timeout=10) as response:
+            assert {r["path"] for r in json.loads(response.read())} == {"greeting", "motd"}
+        with urllib.request.urlopen(api + "/runs", timeout=10) as response:
+            assert json.loads(response.read())[0]["outcome"] == "no-change"
         status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)
         assert status[0]["deployment"] == "web" and status[0]["sourceCommit"] == sha
     finally:

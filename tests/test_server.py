@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,15 @@ class FakeReconciler:
     def stalled(self) -> str | None:
         return None
 
+    def resources(self) -> list[dict[str, Any]]:
+        return []
+
 
 @dataclass
 class FakeRunner:
     reconciler: FakeReconciler
+    runs: int = 0
+    finished: threading.Condition = field(default_factory=threading.Condition)
 
 
 class FakeScheduler:
@@ -49,6 +55,11 @@ class FakeScheduler:
 
     def reconcile_now(self, name: str) -> None:
         self.requests.append(name)
+        runner = self.runners[name]
+        with runner.finished:  # as if the run happened at once
+            runner.reconciler.last = Run(name, "no-change")
+            runner.runs += 1
+            runner.finished.notify_all()
 
 
 def make_config(tmp_path: Path) -> Any:
