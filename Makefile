@@ -47,6 +47,7 @@ test: setup lint unit
 bench: setup
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/latency.py --webhook
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -3,11 +3,15 @@
     python bench/latency.py [--pushes 10] [--interval 1s]
 
 Prints each latency (push returned -> the remote state branch names the commit) and their median and maximum.
+With --webhook the controller polls only hourly and a signed generic-hmac webhook follows each push.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import json
 import os
 import signal
 import socket
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "-c", "init.defaultBranch=main"]
@@ -38,6 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pushes", type=int, default=10)
     parser.add_argument("--interval", default="1s")
+    parser.add_argument("--webhook", action="store_true", help="poll hourly; a signed webhook after each push")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -45,18 +51,33 @@ def main() -> int:
         sh(*GIT, "clone", "-q", "remote.git", "clone", cwd=root)
         clone = root / "clone"
         config = root / "nixgitops.toml"
+        port = free_port()
         config.write_text(
-            f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+            f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
             f'[deployments.b]\nrepository = "{root / "remote.git"}"\n'
-            f'interval = "{args.interval}"\njitter = "1ms"\n'
+            f'interval = "{"1h" if args.webhook else args.interval}"\njitter = "1ms"\n'
+            f'[receivers.hook]\nkind = "generic-hmac"\nsecret_file = "{root / "secret"}"\ndeployments = ["b"]\n'
         )
+        (root / "secret").write_text("bench-secret")
 
         def push(value: int) -> tuple[str, float]:
             (clone / "deployment.nix").write_text(DEPLOYMENT.replace("V", str(value)))
             sh(*GIT, "add", "-A", cwd=clone)
             sh(*GIT, "commit", "-qm", f"v{value}", cwd=clone)
             sh(*GIT, "push", "-q", "origin", "main", cwd=clone)
-            return sh("git", "rev-parse", "HEAD", cwd=clone).strip(), time.perf_counter()
+            sha, pushed = sh("git", "rev-parse", "HEAD", cwd=clone).strip(), time.perf_counter()
+            if args.webhook and value:
+                notify(sha)
+            return sha, pushed
+
+        def notify(sha: str) -> None:
+            body = json.dumps({"repository": str(root / "remote.git"), "ref": "refs/heads/main", "after": sha}).encode()
+            signature = "sha256=" + hmac.new(b"bench-secret", body, hashlib.sha256).hexdigest()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/hooks/hook", data=body, headers={"X-Signature": signature}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()
 
         def applied(sha: str) -> bool:
             done = subprocess.run(
@@ -88,9 +109,9 @@ def main() -> int:
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
+    mode = "push webhook (polling hourly)" if args.webhook else f"polling every {args.interval}"
     print(
-        f"interval {args.interval}: median {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s"
-        f" over {len(latencies)} pushes"
+        f"{mode}: median {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s over {len(latencies)} pushes"
     )
     return 0
 
