@@ -87,6 +87,7 @@ class Metrics:
             "nixgitops_suspended", "1 while the deployment is suspended.", ["deployment"], registry=r
         )
         self._applied: dict[str, str] = {}
+        self._types: dict[str, set[str]] = {}
 
     def run(
         self,
@@ -110,8 +111,11 @@ class Metrics:
             for action, count in plan.items():
                 self.plan_changes.labels(deployment, action).set(count)
         if resources is not None:
+            for gone in self._types.get(deployment, set()) - set(resources):
+                self.resources.remove(deployment, gone)
             for rtype, count in resources.items():
                 self.resources.labels(deployment, rtype).set(count)
+            self._types[deployment] = set(resources)
         if applied and self._applied.get(deployment) != applied:
             old = self._applied.get(deployment)
             if old is not None:

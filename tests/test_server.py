@@ -183,3 +183,12 @@ def test_the_api_can_require_a_bearer_token(tmp_path: Path) -> None:
     assert guarded.get("/api/v1/deployments", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert guarded.get("/api/v1/deployments", headers={"Authorization": "Bearer t0k"}).status_code == 200
     assert guarded.get("/healthz").status_code == 200, "probes never need the token"
+
+
+def test_resource_counts_forget_types_that_are_gone() -> None:
+    metrics = Metrics()
+    metrics.run("web", "success", 1.0, {}, None, {"local.file": 2, "local.memo": 1}, None, False)
+    metrics.run("web", "success", 2.0, {}, None, {"local.file": 1}, None, False)
+    text = metrics.exposition().decode()
+    assert 'nixgitops_resources{deployment="web",type="local.file"} 1.0' in text
+    assert "local.memo" not in text
