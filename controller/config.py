@@ -52,6 +52,7 @@ class DeploymentConfig:
     parallelism: int = 8
     provider_timeout: float = 300.0
     verify: Verification | None = None
+    drift_interval: float | None = 600.0
 
     @property
     def state_url(self) -> str:
@@ -251,6 +252,7 @@ KEYS = {
     "parallelism",
     "provider_timeout",
     "verify",
+    "drift_interval",
 }
 
 
@@ -319,6 +321,11 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         parallelism=parallelism,
         provider_timeout=duration(table.get("provider_timeout", "5m"), where(prefix + ".provider_timeout")),
         verify=verify,
+        drift_interval=(
+            None
+            if table.get("drift_interval") in ("off", False)
+            else duration(table.get("drift_interval", "10m"), where(prefix + ".drift_interval"))
+        ),
     )
 
 

@@ -127,21 +127,22 @@ def destroy(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Report a resource as it is. Refuses ("cannot tell") where the local types have nothing to look at."""
+    """Report a resource as it is: its outputs, and ``inSync: false`` when it no longer matches its inputs.
+
+    Refuses ("cannot tell") where the local types have nothing to look at: exec, and a memo without outputs.
+    """
     resource = body["resource"]
     rtype, inputs = resource["type"], resource["inputProperties"]
     if rtype == "file":
         name = inputs.get("name", "")
         try:
             with open(name) as f:
-                current = f.read()
+                current: str | None = f.read()
         except OSError:
-            raise Refused(f"local.file: {name} does not exist") from None
-        if current != inputs.get("contents"):
-            raise Refused(f"local.file: {name} does not hold the expected contents")
-        return {}
+            current = None
+        return {"outputProperties": {}, "inSync": current == inputs.get("contents")}
     if rtype == "memo" and isinstance(resource.get("outputProperties"), dict):
-        return dict(resource["outputProperties"])
+        return {"outputProperties": dict(resource["outputProperties"]), "inSync": True}
     raise Refused(f"local.{rtype}: cannot tell the state of this resource by looking; repeat the operation")
 
 
@@ -163,6 +164,8 @@ def handle(line: bytes) -> dict[str, Any]:
         result = handler(body)
         if kind == protocol.DESTROY:
             return protocol.response(kind)
+        if kind == protocol.READ:
+            return protocol.response(kind, **result)
         return protocol.response(kind, outputProperties=result)
     except Refused as exc:
         return protocol.error_response(str(exc))

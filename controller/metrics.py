@@ -83,6 +83,12 @@ class Metrics:
             ["deployment"],
             registry=r,
         )
+        self.drift = Gauge(
+            "nixgitops_drift_resources",
+            "Resources whose real state no longer matches what was applied, at the last drift check.",
+            ["deployment"],
+            registry=r,
+        )
         self.suspended = Gauge(
             "nixgitops_suspended", "1 while the deployment is suspended.", ["deployment"], registry=r
         )

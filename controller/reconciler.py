@@ -32,12 +32,14 @@ from typing import Any
 
 from controller.apply import Event
 from controller.config import Config, DeploymentConfig
+from controller.drift import detect
 from controller.engine import Engine, Settings
 from controller.errors import NixgitopsError, UserError
 from controller.metrics import Metrics
 from controller.plan_render import plan_json
 from controller.planning import Plan, without_deletes
 from controller.processes import CommandFailed, run
+from controller.provider_client import Providers
 from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref
 from controller.state_branch import StateBranch
 
@@ -94,6 +96,7 @@ class Reconciler:
         self.history: collections.deque[Run] = collections.deque(maxlen=50)
         self.reached = False  # the source remote answered at least once (for /readyz)
         self._plan_counts: dict[str, int] | None = None
+        self._drift_checked = float("-inf")
         data = config.data_dir
         self._source_dir = data / "git" / deployment.name
         self._state_dir = (
@@ -359,6 +362,26 @@ class Reconciler:
         self._timed(record, "apply", started)
         self._push(record)
         record.outcome, record.message = outcome, message
+        if outcome in ("success", "no-change"):
+            self._check_drift(record, extra, engine, planned.providers)
+
+    def _check_drift(self, record: Run, extra: dict[str, Any], engine: Engine, specs: Any) -> None:
+        interval = self.deployment.drift_interval
+        if interval is None or time.monotonic() - self._drift_checked < interval:
+            return
+        started = time.monotonic()
+        self._drift_checked = started
+        providers = Providers(
+            specs, size=self.deployment.parallelism, timeout=self.deployment.provider_timeout, cwd=str(self.workdir)
+        )
+        with providers:
+            found = detect(engine.load_state(), providers, parallelism=self.deployment.parallelism)
+        self._timed(record, "drift", started)
+        extra["drift"] = {"checkedAt": _now(), "resources": list(found.drifted), "cannotTell": len(found.cannot_tell)}
+        if self.metrics is not None:
+            self.metrics.drift.labels(self.deployment.name).set(len(found.drifted))
+        if found.drifted and self.log is not None:
+            self.log(f"[{self.deployment.name}] drift: {', '.join(found.drifted)}")
 
     def _sync_state(self) -> None:
         """Check that the remote state branch is where we left it (or adopt it on a first run)."""

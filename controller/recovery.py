@@ -56,6 +56,9 @@ def _settle(intent: dict[str, Any], providers: Providers, state: dict[str, Resou
     try:
         answer = providers.call(name, {protocol.READ: {"resource": resource}}, what=f"readResourceRequest for {path!r}")
         how = "the provider reports it done (read)"
+        if answer.get("inSync") is False:
+            answer = providers.call(name, message, what=what)
+            how = "the provider reports it not done (read), so it was repeated"
     except ProviderError:
         answer = providers.call(name, message, what=what)
         how = "the provider could not tell, so it was repeated"

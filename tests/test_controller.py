@@ -464,3 +464,22 @@ def test_a_signed_github_push_is_applied_without_polling(tmp_path: Path, server:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
+
+
+def test_drift_is_found_by_reading_resources_back(tmp_path: Path, server: GitServer, dev: Developer) -> None:
+    config = configure(tmp_path, server.url("infra.git"), 'drift_interval = "1ms"')
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+
+    def drift() -> dict[str, object]:
+        return json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]["drift"]  # type: ignore[no-any-return]
+
+    assert drift()["resources"] == []
+    assert drift()["cannotTell"] == 1, "local.exec cannot tell"
+    (workdir(tmp_path) / "motd.txt").write_text("edited by hand\n")
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert done.returncode == 0 and "no-change" in done.stdout
+    assert drift()["resources"] == ["motd"]
+    (workdir(tmp_path) / "motd.txt").unlink()
+    nixgitops("reconcile", "web", "--config", str(config))
+    assert drift()["resources"] == ["motd"], "a resource that is gone has drifted too"

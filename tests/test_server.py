@@ -155,6 +155,7 @@ def test_metrics_pass_promtool(setup: Any) -> None:
     client, _, metrics = setup
     metrics.run("web", "success", 1.0, {"fetch": 0.1, "plan": 0.2}, {"create": 1}, {"local.file": 2}, "c" * 40, False)
     metrics.operation("web", "local", "create", "ok", 0.01)
+    metrics.drift.labels("web").set(0)
     text = client.get("/metrics").text
     for name in (
         "nixgitops_reconcile_total",
@@ -166,6 +167,7 @@ def test_metrics_pass_promtool(setup: Any) -> None:
         "nixgitops_resource_operations_total",
         "nixgitops_resource_operation_duration_seconds_bucket",
         "nixgitops_suspended",
+        "nixgitops_drift_resources",
         "process_cpu_seconds_total",
     ):
         assert name in text, name
