@@ -78,6 +78,15 @@ def test_prometheus_scrapes_a_successful_reconcile(tmp_path: Path) -> None:
             found = query(prom_port, 'nixgitops_reconcile_total{deployment="web",result="success"}')
             time.sleep(0.5)
         assert found[0]["metric"]["job"] == "nixgitops"  # type: ignore[index]
+        # A pushed commit: Prometheus sees the reconcile that applies it.
+        (work / "deployment.nix").write_text(DEPLOYMENT.replace("initialize_with = 1", "initialize_with = 2"))
+        git(work, "commit", "-qam", "two")
+        git(work, "push", "-q", str(remote), "main")
+        promql = 'sum(nixgitops_resource_operations_total{deployment="web",operation="update",result="ok"})'
+        deadline = time.monotonic() + 90
+        while not query(prom_port, promql):
+            assert time.monotonic() < deadline, "Prometheus never saw the pushed commit's reconcile"
+            time.sleep(0.5)
         assert query(prom_port, "nixgitops_resources")[0]["value"][1] == "1"  # type: ignore[index]
     finally:
         for proc in (server, daemon):
