@@ -109,3 +109,21 @@ def assert_clean_error(done: subprocess.CompletedProcess[str], *needles: str) ->
     assert "Traceback" not in done.stderr, done.stderr
     for needle in needles:
         assert needle in done.stderr, f"{needle!r} not in stderr:\n{done.stderr}"
+
+
+def wait_until(
+    condition: Callable[[], object], what: str, *, timeout: float = 60, alive: Callable[[], bool] | None = None
+) -> Any:
+    """Wait for ``condition()`` to be truthy (returned), checking every 50 ms, failing after ``timeout`` s."""
+    import threading
+    import time
+
+    tick = threading.Event()
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert alive is None or alive(), f"a process died while waiting: {what}"
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        tick.wait(0.05)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import GIT_ENV, git
+from conftest import GIT_ENV, git, wait_until
 
 
 def free_port() -> int:
@@ -43,16 +42,16 @@ class GitServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        proc = self.proc
+
+        def listening() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                    return True
             except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("git daemon exited at start") from None
-                time.sleep(0.05)
-        raise RuntimeError("git daemon did not start listening within 15 s")
+                return False
+
+        wait_until(listening, "git daemon listening", timeout=15, alive=lambda: proc.poll() is None)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -7,13 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import git, wait_until
 from gitserver import free_port
 
 DEPLOYMENT = (
@@ -70,23 +69,19 @@ def test_prometheus_scrapes_a_successful_reconcile(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 90
-        found: list[dict[str, object]] = []
-        while not found:
-            assert time.monotonic() < deadline, "Prometheus never saw a successful reconcile"
-            assert daemon.poll() is None and server.poll() is None
-            found = query(prom_port, 'nixgitops_reconcile_total{deployment="web",result="success"}')
-            time.sleep(0.5)
+        found = wait_until(
+            lambda: query(prom_port, 'nixgitops_reconcile_total{deployment="web",result="success"}'),
+            "Prometheus sees a successful reconcile",
+            timeout=90,
+            alive=lambda: daemon.poll() is None and server.poll() is None,
+        )
         assert found[0]["metric"]["job"] == "nixgitops"  # type: ignore[index]
         # A pushed commit: Prometheus sees the reconcile that applies it.
         (work / "deployment.nix").write_text(DEPLOYMENT.replace("initialize_with = 1", "initialize_with = 2"))
         git(work, "commit", "-qam", "two")
         git(work, "push", "-q", str(remote), "main")
         promql = 'sum(nixgitops_resource_operations_total{deployment="web",operation="update",result="ok"})'
-        deadline = time.monotonic() + 90
-        while not query(prom_port, promql):
-            assert time.monotonic() < deadline, "Prometheus never saw the pushed commit's reconcile"
-            time.sleep(0.5)
+        wait_until(lambda: query(prom_port, promql), "Prometheus sees the pushed commit's reconcile", timeout=90)
         assert query(prom_port, "nixgitops_resources")[0]["value"][1] == "1"  # type: ignore[index]
     finally:
         for proc in (server, daemon):
