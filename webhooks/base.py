@@ -85,6 +85,11 @@ def urls(*candidates: str | None) -> tuple[str, ...]:
     return tuple(u for u in candidates if u)
 
 
+def branch_push(data: Mapping[str, Any], delivery: str | None, *repositories: str | None) -> Delivery:
+    """A push delivery from a payload with top-level ``ref`` and ``after`` (GitHub, Gitea, GitLab)."""
+    return Delivery("push", delivery, text(data, "ref"), text(data, "after"), urls(*repositories))
+
+
 _SCP = re.compile(r"^(?:[^@/]+@)?([^:/]+):(.+)$")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from webhooks.base import Delivery, check_hmac, header, json_body, text, urls
+from webhooks.base import Delivery, branch_push, check_hmac, header, json_body, text
 
 
 def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
@@ -15,10 +15,11 @@ def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
     if event != "push":
         return Delivery(event or "unknown", delivery)
     repo = data.get("repository") or {}
-    return Delivery(
-        "push",
+    return branch_push(
+        data,
         delivery,
-        text(data, "ref"),
-        text(data, "after"),
-        urls(text(repo, "clone_url"), text(repo, "ssh_url"), text(repo, "git_url"), text(repo, "html_url")),
+        text(repo, "clone_url"),
+        text(repo, "ssh_url"),
+        text(repo, "git_url"),
+        text(repo, "html_url"),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from webhooks.base import Delivery, check_token, header, json_body, text, urls
+from webhooks.base import Delivery, branch_push, check_token, header, json_body, text
 
 
 def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
@@ -16,16 +16,12 @@ def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
         return Delivery(event or "unknown", delivery)
     project = data.get("project") or {}
     repo = data.get("repository") or {}
-    return Delivery(
-        "push",
+    return branch_push(
+        data,
         delivery,
-        text(data, "ref"),
-        text(data, "after"),
-        urls(
-            text(project, "git_http_url"),
-            text(project, "git_ssh_url"),
-            text(project, "web_url"),
-            text(repo, "git_http_url"),
-            text(repo, "git_ssh_url"),
-        ),
+        text(project, "git_http_url"),
+        text(project, "git_ssh_url"),
+        text(project, "web_url"),
+        text(repo, "git_http_url"),
+        text(repo, "git_ssh_url"),
     )
