@@ -3,7 +3,7 @@
     python bench/latency.py [--pushes 10] [--interval 1s]
 
 Prints each latency (push returned -> the remote state branch names the commit) and their median and maximum.
-With --webhook the controller polls only hourly and a signed generic-hmac webhook follows each push.
+With --webhook the controller polls only hourly and a webhook signed as GitHub signs it follows each push.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> int:
             f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
             f'[deployments.b]\nrepository = "{root / "remote.git"}"\n'
             f'interval = "{"1h" if args.webhook else args.interval}"\njitter = "1ms"\n'
-            f'[receivers.hook]\nkind = "generic-hmac"\nsecret_file = "{root / "secret"}"\ndeployments = ["b"]\n'
+            f'[receivers.hook]\nkind = "github"\nsecret_file = "{root / "secret"}"\ndeployments = ["b"]\n'
         )
         (root / "secret").write_text("bench-secret")
 
@@ -71,11 +71,11 @@ def main() -> int:
             return sha, pushed
 
         def notify(sha: str) -> None:
-            body = json.dumps({"repository": str(root / "remote.git"), "ref": "refs/heads/main", "after": sha}).encode()
+            repository = {"clone_url": str(root / "remote.git")}
+            body = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": repository}).encode()
             signature = "sha256=" + hmac.new(b"bench-secret", body, hashlib.sha256).hexdigest()
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/hooks/hook", data=body, headers={"X-Signature": signature}
-            )
+            headers = {"X-Hub-Signature-256": signature, "X-GitHub-Event": "push", "X-GitHub-Delivery": sha}
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/hook", data=body, headers=headers)
             with urllib.request.urlopen(request, timeout=10) as response:
                 response.read()
 
@@ -109,7 +109,7 @@ def main() -> int:
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
-    mode = "push webhook (polling hourly)" if args.webhook else f"polling every {args.interval}"
+    mode = "GitHub-signed push webhook (polling hourly)" if args.webhook else f"polling every {args.interval}"
     print(
         f"{mode}: median {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s over {len(latencies)} pushes"
     )
