@@ -154,7 +154,10 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
     for table in data:
         if table not in ("controller", "deployments", "server", "receivers"):
-            raise ConfigError(f"{where(table)} is not a known table; known: [controller], [deployments.<name>].")
+            raise ConfigError(
+                f"{where(table)} is not a known table; known: [controller], [server], [deployments.<name>],"
+                " [receivers.<name>]."
+            )
     controller = data.get("controller", {})
     if not isinstance(controller, dict):
         raise ConfigError(f"{where('controller')} must be a table.")

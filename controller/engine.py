@@ -8,6 +8,7 @@ change is planned in a single pass. ``Engine`` adds the repository, the state br
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,7 @@ class RunResult:
     outcomes: dict[str, Outcome]
     commit: str | None
     counts: dict[str, int] = field(default_factory=dict)
+    commit_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -272,10 +274,12 @@ class Engine:
             with executor.providers:
                 executor.run(planned.plan, planned.desired, planned.dependencies, planned.state)
         finally:
+            started = time.monotonic()
             commit = self.commit(planned.state, executor.state, executor.outcomes)
+            seconds = time.monotonic() - started
             journal.clear(keep=journal.unresolved())
             journal.close()
-        return RunResult(executor.outcomes, commit, _counts(executor.outcomes))
+        return RunResult(executor.outcomes, commit, _counts(executor.outcomes), seconds)
 
     def commit(
         self,

@@ -332,13 +332,13 @@ class Reconciler:
         try:
             planned = engine.plan()
         except UserError as exc:
-            self._timed(record, "plan", started)
+            self._timed(record, "evaluate", started)
             self.failed_evaluation = head
             state = engine.load_state()
             engine.commit(state, state, {}, note="evaluation failed")
             self._push(record)
             raise Stop("evaluation-failed", str(exc)) from None
-        self._timed(record, "plan", started)
+        self._timed(record, "evaluate", started)  # evaluation passes and the (pure, quick) planning
         self.failed_evaluation = None
         plan: Plan = planned.plan if d.prune else without_deletes(planned.plan)
         extra["lastPlan"] = plan_json(plan, deployment=d.name, source_commit=head, dependencies=planned.dependencies)
@@ -355,11 +355,16 @@ class Reconciler:
             outcome = "success" if result.ok else "failed"
             failures = [f"{o.path}: {o.message}" for o in result.outcomes.values() if o.status == "failed"]
             message = "; ".join(failures)[:2000]
+            committing = result.commit_seconds
         else:
             state = engine.load_state()
+            began = time.monotonic()
             record.state_commit = engine.commit(state, state, {})
+            committing = time.monotonic() - began
             outcome, message = "no-change", "nothing to do"
         self._timed(record, "apply", started)
+        record.phases["apply"] = round(max(0.0, record.phases["apply"] - committing), 6)
+        record.phases["commit"] = round(committing, 6)
         self._push(record)
         record.outcome, record.message = outcome, message
         if outcome in ("success", "no-change"):

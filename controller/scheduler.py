@@ -34,6 +34,7 @@ class Runner:
         self._running = False
         self._pending = False
         self._force = False
+        self._queued = False  # a one-shot job is waiting to start
         self.failures = 0
         self.runs = 0
         self.finished = threading.Condition()
@@ -41,6 +42,7 @@ class Runner:
     def tick(self) -> None:
         """The job: run, and run again while requests arrived during the run."""
         with self._lock:
+            self._queued = False
             if self._running:
                 self._pending = True
                 return
@@ -76,8 +78,9 @@ class Runner:
         with self._lock:
             self._pending = True
             self._force = self._force or force
-            if self._running:
-                return  # the run in progress takes it next
+            if self._running or self._queued:
+                return  # the run in progress, or the one about to start, takes it
+            self._queued = True
         # A one-shot job of its own: the interval job may still count as running for a moment after its loop
         # ended, and APScheduler would skip a second start of it.
         self.scheduler.add_job(self.tick, id=f"{self.name}:now:{uuid.uuid4().hex}", misfire_grace_time=None)

@@ -12,9 +12,11 @@ A webhook answers at once; the reconcile runs after the response, on the schedul
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hmac
 import threading
+import time
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -98,7 +100,7 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
         triggered = []
         for name in spec.deployments:
             d = config.deployments[name]
-            if delivery.ref == f"refs/heads/{d.branch}" and same_repository(d.repository, delivery.repositories):
+            if f"refs/heads/{d.branch}" in delivery.moved and same_repository(d.repository, delivery.repositories):
                 scheduler.reconcile_now(name)
                 triggered.append(name)
         if not triggered:
@@ -107,6 +109,8 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_endpoint() -> Response:
+        for name, runner in runners.items():  # current, not as of the last run
+            metrics.suspended.labels(name).set(1 if runner.reconciler.suspended else 0)
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz", summary="The process is alive")
@@ -115,7 +119,11 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
 
     @app.get("/readyz", summary="Ready to serve: scheduler running, every source reached once")
     def readyz() -> JSONResponse:
-        waiting = sorted(n for n, r in runners.items() if not r.reconciler.reached)
+        waiting = sorted(
+            n
+            for n, r in runners.items()
+            if not r.reconciler.reached and not r.reconciler.suspended and r.reconciler.stalled() is None
+        )
         ready = scheduler.running and not waiting
         body = {"ready": ready, "schedulerRunning": scheduler.running, "sourcesNotReached": waiting}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -158,19 +166,20 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
         return reconciler(name).resources()
 
     @app.post("/api/v1/deployments/{name}/reconcile", summary="Reconcile now; with wait=true, return the run")
-    def reconcile_now(name: Name, request: Request, wait: bool = False) -> dict[str, Any]:
+    async def reconcile_now(name: Name, request: Request, wait: bool = False) -> dict[str, Any]:
         authorised(request)
         runner = runners.get(name)
         if runner is None:
             raise HTTPException(404, f"no deployment {name!r}")
-        with runner.finished:
-            before = runner.runs
+        before = runner.runs
         scheduler.reconcile_now(name)
         if not wait:
             return {"requested": True}
-        with runner.finished:
-            if not runner.finished.wait_for(lambda: runner.runs > before, timeout=3600):
+        deadline = time.monotonic() + 3600
+        while runner.runs <= before:  # waits on the event loop: no worker thread is held
+            if time.monotonic() > deadline:
                 raise HTTPException(504, "the reconcile did not finish within an hour")
+            await asyncio.sleep(0.05)
         last = runner.reconciler.last
         return asdict(last) if last is not None else {}
 

@@ -90,7 +90,7 @@ def test_reconcile_applies_and_pushes_state(tmp_path: Path, server: GitServer, d
     assert again.returncode == 0 and "no-change" in again.stdout
     status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]
     assert status["sourceCommit"] == second
-    assert set(status["lastRun"]["phases"]) >= {"fetch", "plan", "apply"}
+    assert set(status["lastRun"]["phases"]) >= {"fetch", "evaluate", "apply", "commit"}
 
 
 def test_daemon_applies_each_push(tmp_path: Path, server: GitServer, dev: Developer) -> None:

@@ -78,3 +78,23 @@ def test_deployments_run_in_parallel_and_failures_back_off() -> None:
     finally:
         slow.gate.set()
         scheduler.stop()
+
+
+def test_a_burst_of_requests_while_idle_gives_one_run() -> None:
+    web = FakeReconciler("web")
+    scheduler = Scheduler([web])  # type: ignore[list-item]
+    scheduler.start()
+    try:
+        wait_runs(scheduler, "web", 1)
+        web.gate.clear()
+        for _ in range(20):
+            scheduler.reconcile_now("web")
+        assert web.entered.wait(30)
+        web.gate.set()
+        wait_runs(scheduler, "web", 2)
+        runner = scheduler.runners["web"]
+        with runner.finished:  # nothing more is queued
+            assert not runner.finished.wait_for(lambda: runner.runs > 2, timeout=1)
+        assert len(web.calls) == 2
+    finally:
+        scheduler.stop()

@@ -194,3 +194,12 @@ def test_resource_counts_forget_types_that_are_gone() -> None:
     text = metrics.exposition().decode()
     assert 'nixgitops_resources{deployment="web",type="local.file"} 1.0' in text
     assert "local.memo" not in text
+
+
+def test_suspended_deployments_do_not_hold_readiness_and_show_at_scrape(setup: Any) -> None:
+    client, scheduler, _ = setup
+    reconciler = scheduler.runners["web"].reconciler
+    reconciler.reached = False
+    reconciler.suspended = True
+    assert client.get("/readyz").status_code == 200
+    assert 'nixgitops_suspended{deployment="web"} 1.0' in client.get("/metrics").text

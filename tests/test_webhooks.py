@@ -106,3 +106,50 @@ def test_other_events_are_not_pushes() -> None:
 )
 def test_repository_urls_match_across_protocols(configured: str, announced: str, same: bool) -> None:
     assert same_repository(configured, (announced,)) is same
+
+
+def test_bitbucket_odd_shapes_are_400_and_every_changed_ref_counts() -> None:
+    for data in (
+        {"changes": [{}], "repository": "x"},
+        {"changes": [{}], "repository": {"links": None}},
+        {"changes": ["x"]},
+    ):
+        body = json.dumps(data).encode()
+        try:
+            delivery = receive("bitbucket-server", signed("bitbucket-server", body), body, SECRET)
+        except Rejected as error:
+            assert error.status == 400
+        else:
+            assert delivery.repositories == ()
+    body = json.dumps(
+        {
+            "changes": [{"ref": {"id": "refs/tags/v1"}}, {"ref": {"id": "refs/heads/main"}, "toHash": "c" * 40}],
+            "repository": {"links": {"clone": [{"href": "https://example.org/o/r.git"}]}},
+        }
+    ).encode()
+    delivery = receive("bitbucket-server", signed("bitbucket-server", body), body, SECRET)
+    assert "refs/heads/main" in delivery.moved
+
+
+@pytest.mark.parametrize("kind", ["github", "gitea", "gitlab"])
+def test_a_push_without_a_ref_is_malformed(kind: str) -> None:
+    body = b"{}"
+    with pytest.raises(Rejected) as error:
+        receive(kind, signed(kind, body), body, SECRET)
+    assert error.value.status == 400
+
+
+def test_github_receive_accepts_the_documented_signature() -> None:
+    headers = {
+        "X-Hub-Signature-256": "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        "X-GitHub-Event": "zen",
+    }
+    with pytest.raises(Rejected) as error:  # verified, then refused only because the body is not JSON
+        receive("github", headers, b"Hello, World!", b"It's a Secret to Everybody")
+    assert error.value.status == 400
+
+
+def test_gitlab_retries_are_recognised_by_their_idempotency_key() -> None:
+    body = json.dumps(PAYLOADS["gitlab"]).encode()
+    headers = {**signed("gitlab", body), "Idempotency-Key": "retry-1"}
+    assert receive("gitlab", headers, body, SECRET).delivery_id == "retry-1"

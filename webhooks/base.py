@@ -32,6 +32,12 @@ class Delivery:
     ref: str | None = None
     after: str | None = None
     repositories: tuple[str, ...] = ()
+    refs: tuple[str, ...] = ()
+    """Every ref the push moved, when it moved several (Bitbucket); else just ``ref``."""
+
+    @property
+    def moved(self) -> tuple[str, ...]:
+        return self.refs or ((self.ref,) if self.ref else ())
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -87,7 +93,10 @@ def urls(*candidates: str | None) -> tuple[str, ...]:
 
 def branch_push(data: Mapping[str, Any], delivery: str | None, *repositories: str | None) -> Delivery:
     """A push delivery from a payload with top-level ``ref`` and ``after`` (GitHub, Gitea, GitLab)."""
-    return Delivery("push", delivery, text(data, "ref"), text(data, "after"), urls(*repositories))
+    ref = text(data, "ref")
+    if ref is None:
+        raise Rejected(400, "a push payload must have a string `ref`")
+    return Delivery("push", delivery, ref, text(data, "after"), urls(*repositories))
 
 
 _SCP = re.compile(r"^(?:[^@/]+@)?([^:/]+):(.+)$")

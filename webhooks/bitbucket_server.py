@@ -17,9 +17,15 @@ def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
     if event != "repo:refs_changed":
         return Delivery(event or "unknown", delivery)
     changes = data.get("changes")
-    if not isinstance(changes, list) or not changes or not isinstance(changes[0], dict):
-        raise Rejected(400, "repo:refs_changed without changes")
-    change = changes[0]
-    clone = (data.get("repository") or {}).get("links", {}).get("clone", [])
-    hrefs = tuple(c.get("href") for c in clone if isinstance(c, dict) and isinstance(c.get("href"), str))
-    return Delivery("push", delivery, text(change, "ref", "id"), text(change, "toHash"), urls(*hrefs))
+    if not isinstance(changes, list) or not changes or not all(isinstance(c, dict) for c in changes):
+        raise Rejected(400, "repo:refs_changed without a list of changes")
+    refs = tuple(r for r in (text(c, "ref", "id") for c in changes) if r)
+    repository = data.get("repository")
+    links = repository.get("links") if isinstance(repository, dict) else None
+    clone = links.get("clone") if isinstance(links, dict) else None
+    hrefs = (
+        tuple(c["href"] for c in clone if isinstance(c, dict) and isinstance(c.get("href"), str))
+        if isinstance(clone, list)
+        else ()
+    )
+    return Delivery("push", delivery, refs[0] if refs else None, text(changes[0], "toHash"), urls(*hrefs), refs)

@@ -10,7 +10,9 @@ from webhooks.base import Delivery, branch_push, check_token, header, json_body,
 def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
     check_token(header(headers, "X-Gitlab-Token"), secret, name="X-Gitlab-Token")
     event = header(headers, "X-Gitlab-Event") or ""
-    delivery = header(headers, "X-Gitlab-Event-UUID") or header(headers, "Idempotency-Key")
+    # Idempotency-Key stays the same across GitLab's retries of one delivery; X-Gitlab-Event-UUID is shared by
+    # the hooks of one event, so it is only a fallback.
+    delivery = header(headers, "Idempotency-Key") or header(headers, "X-Gitlab-Event-UUID")
     data = json_body(body)
     if event != "Push Hook":
         return Delivery(event or "unknown", delivery)
