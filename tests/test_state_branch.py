@@ -104,3 +104,17 @@ def test_invalid_branch_name(repo: pygit2.Repository) -> None:
 def test_source_commit_of_an_empty_repository(tmp_path: Path) -> None:
     git(tmp_path, "init", "-q")
     assert source_commit(open_repository(tmp_path)) is None
+
+
+def test_loads_are_cached_by_tree_id(repo: pygit2.Repository) -> None:
+    store = StateBranch(repo)
+    store.commit(upserts={"a": resource("a")}, deletes=(), meta={}, message="1")
+    assert store.load() == {"a": resource("a")}
+    cache = Path(repo.path) / "nixgitops" / "state-cache" / "default"
+    first = [p.name for p in cache.glob("*.json")]
+    assert len(first) == 1
+    store.commit(upserts={"b": resource("b")}, deletes=(), meta={}, message="2")
+    assert store.load() == {"a": resource("a"), "b": resource("b")}, "a new tree is never served from an old cache"
+    second = [p.name for p in cache.glob("*.json")]
+    assert len(second) == 1 and second != first
+    assert store.load() == {"a": resource("a"), "b": resource("b")}
