@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/latency.py --webhook
+	$(BIN)/python bench/state_commit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

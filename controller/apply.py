@@ -12,9 +12,10 @@ fails.
 from __future__ import annotations
 
 import datetime
+import queue
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,6 +72,7 @@ class Executor:
     state: dict[str, ResourceState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     _running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = field(default_factory=dict)
+    _completed: queue.Queue[Future[Any]] = field(default_factory=queue.Queue)
 
     # -- one operation (runs in a worker thread) -----------------------------------------------------------
 
@@ -223,7 +225,13 @@ class Executor:
             result = self._operate(change, desired, deps)
             return result, time.monotonic() - started
 
-        return pool.submit(job)
+        future = pool.submit(job)
+        future.add_done_callback(self._completed.put)
+        return future
+
+    def _next_done(self) -> Future[Any]:
+        """The next finished operation or evaluation: O(1) per event, however many are in flight."""
+        return self._completed.get()
 
     def _settle(self, future: Future[tuple[ResourceState | None, float]], path: str, action: Action) -> bool:
         """Record one finished operation; True when it succeeded."""
@@ -307,14 +315,11 @@ class Executor:
                 candidates.clear()
                 opaque -= asked
                 evaluation = evaluator.submit(self._evaluate_each, known, asked)
+                evaluation.add_done_callback(self._completed.put)
                 stale = False
-            waiting: set[Future[Any]] = set(running)
-            if evaluation is not None:
-                waiting.add(evaluation)
-            if not waiting:
+            if not running and evaluation is None:
                 break
-            done, _ = wait(waiting, return_when=FIRST_COMPLETED)
-            for future in done:
+            for future in [self._next_done()]:
                 if future is evaluation:
                     evaluation = None
                     try:
@@ -400,8 +405,7 @@ class Executor:
             startable.clear()
             if not running:
                 break
-            done, _ = wait(set(running), return_when=FIRST_COMPLETED)
-            for future in done:
+            for future in [self._next_done()]:
                 path, _ = running.pop(future)
                 if not self._settle(future, path, Action.DELETE):
                     continue
