@@ -326,4 +326,4 @@ class Engine:
                 "",
             ]
         )
-        return self.store.commit(upserts=upserts, deletes=deletes, meta=meta, message=message)
+        return self.store.commit(upserts=upserts, deletes=deletes, meta=meta, message=message, state=after)

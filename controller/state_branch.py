@@ -193,8 +193,12 @@ class StateBranch:
         deletes: Iterable[str],
         meta: Mapping[str, Any],
         message: str,
+        state: Mapping[str, ResourceState] | None = None,
     ) -> str | None:
-        """Write one commit with these resource changes and ``meta``; None when nothing changed."""
+        """Write one commit with these resource changes and ``meta``; None when nothing changed.
+
+        ``state``, the full resulting state when the caller has it, warms the load cache for the new tree.
+        """
         tip = self.tip()
         root, dep, resources = self._trees()
         builder = self.repo.TreeBuilder(resources) if resources is not None else self.repo.TreeBuilder()
@@ -205,7 +209,10 @@ class StateBranch:
                 builder.remove(f"{path}.json")
         dep_builder = self.repo.TreeBuilder(dep) if dep is not None else self.repo.TreeBuilder()
         if len(builder):
-            dep_builder.insert("resources", builder.write(), FileMode.TREE)
+            resources_id = builder.write()
+            dep_builder.insert("resources", resources_id, FileMode.TREE)
+            if state is not None:
+                self._write_cache(self._cache_dir() / f"{resources_id}.json", [r.to_json() for r in state.values()])
         elif dep_builder.get("resources") is not None:
             dep_builder.remove("resources")
         dep_builder.insert("deployment.json", self.repo.create_blob(dump(dict(meta))), FileMode.BLOB)
