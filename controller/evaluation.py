@@ -159,7 +159,7 @@ class NixEvaluator:
         providers = self._providers(answer.get("providers", {}))
         resources: dict[str, DesiredResource] = {}
         for item in answer.get("resources", []):
-            desired = self._resource(item, providers, traces.blocked.get(item["p"], {}))
+            desired = self._resource(item, providers, traces.blocked.get(item["p"], {}), answer.get("markers", True))
             resources[desired.path] = desired
         dependencies = {p: frozenset(r - {p}) for p, r in traces.reads.items()}
         return Evaluation(resources, providers, dependencies)
@@ -171,7 +171,7 @@ class NixEvaluator:
         fd, name = tempfile.mkstemp(prefix="nixgitops-eval-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(args, f)
+                f.write(json.dumps(args, separators=(",", ":"), check_circular=False))
             argv = [
                 self.nix_instantiate,
                 "--eval",
@@ -196,7 +196,10 @@ class NixEvaluator:
         traces = parse_traces(done.stderr)
         if done.returncode != 0:
             raise EvaluationError(f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)))
-        return json.loads(done.stdout), traces
+        answer = json.loads(done.stdout)
+        if isinstance(answer, dict):  # markers are rare: look for them value by value only when the text has one
+            answer["markers"] = "__nixgitops" in done.stdout
+        return answer, traces
 
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
         focus = dict(args, focus={"path": path.split(".")}, select=None, probe=[])
@@ -238,7 +241,11 @@ class NixEvaluator:
         return providers
 
     def _resource(
-        self, item: Mapping[str, Any], providers: Mapping[str, ProviderSpec], blocked: Mapping[str, set[str]]
+        self,
+        item: Mapping[str, Any],
+        providers: Mapping[str, ProviderSpec],
+        blocked: Mapping[str, set[str]],
+        markers: bool = True,
     ) -> DesiredResource:
         path: str = item["p"]
         where = f"member {path!r} in {self.where}"
@@ -295,14 +302,14 @@ class NixEvaluator:
             if "u" in value:
                 inputs[key] = UNKNOWN
             else:
-                bad = _marker_in(value["v"], "__nixgitopsFunction")
+                bad = _marker_in(value["v"], "__nixgitopsFunction") if markers else None
                 if bad is not None:
                     at = ".".join([key, *bad])
                     raise DeploymentError(
                         f"{where}: input {at!r} is a function. Inputs are sent to the provider as JSON, so they"
                         " may hold only strings, numbers, booleans, null, lists and attribute sets."
                     )
-                bad = _marker_in(value["v"], "__nixgitopsFloat")
+                bad = _marker_in(value["v"], "__nixgitopsFloat") if markers else None
                 if bad is not None:
                     at = ".".join([key, *bad])
                     raise DeploymentError(
