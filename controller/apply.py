@@ -275,7 +275,6 @@ class Executor:
         opaque: set[str] = set()
         candidates: set[str] = set()
         stale = False  # something settled since the last evaluation started
-        broken: str | None = None  # an evaluation failed: start nothing new
 
         seen = {p: set(d.blocked_by) for p, d in desired.items()}  # every blocker seen, over all passes
 
@@ -299,17 +298,16 @@ class Executor:
         for path in blocked:
             wait_for(path)
         while True:
-            if broken is None:
-                for path in sorted(ready):
-                    change = decide(desired[path], self.state.get(path))
-                    if change.action is Action.NOOP:
-                        unsettled.discard(path)
-                        self._finish(path, Action.NOOP, "ok", "inputs unchanged once known")
-                        settled(path)
-                        continue
-                    running[self._submit(pool, change, desired[path], deps_of(path))] = (path, change.action)
-                ready.clear()
-            if broken is None and evaluation is None and stale and (candidates or opaque):
+            for path in sorted(ready):
+                change = decide(desired[path], self.state.get(path))
+                if change.action is Action.NOOP:
+                    unsettled.discard(path)
+                    self._finish(path, Action.NOOP, "ok", "inputs unchanged once known")
+                    settled(path)
+                    continue
+                running[self._submit(pool, change, desired[path], deps_of(path))] = (path, change.action)
+            ready.clear()
+            if evaluation is None and stale and (candidates or opaque):
                 known = {p: s.outputs for p, s in self.state.items() if p not in unsettled and p not in failed}
                 asked = (candidates | opaque) & blocked
                 candidates.clear()
@@ -319,38 +317,34 @@ class Executor:
                 stale = False
             if not running and evaluation is None:
                 break
-            for future in [self._next_done()]:
-                if future is evaluation:
-                    evaluation = None
-                    try:
-                        answer, errors = future.result()
-                    except NixgitopsError as exc:
-                        broken = str(exc)
-                        continue
-                    for path, message in errors.items():
-                        blocked.discard(path)
-                        unsettled.discard(path)
-                        failed.add(path)
-                        self._finish(path, actions[path], "failed", f"its inputs could not be evaluated: {message}")
-                    for path in asked:
-                        resource = answer.get(path)
-                        if resource is None:
-                            continue
-                        desired[path] = resource
-                        seen.setdefault(path, set()).update(resource.blocked_by)
-                        if resource.ready:
-                            blocked.discard(path)
-                            ready.add(path)
-                        else:
-                            wait_for(path)
-                    continue
-                path, action = running.pop(future)
-                unsettled.discard(path)
-                if self._settle(future, path, action):
-                    settled(path)
-                else:
+            future = self._next_done()
+            if future is evaluation:
+                evaluation = None
+                answer, errors = future.result()  # _evaluate_each turns evaluation errors into ``errors``
+                for path, message in errors.items():
+                    blocked.discard(path)
+                    unsettled.discard(path)
                     failed.add(path)
-        self._unblock(blocked | ready, failed, desired, deps_of, actions, broken)
+                    self._finish(path, actions[path], "failed", f"its inputs could not be evaluated: {message}")
+                for path in asked:
+                    resource = answer.get(path)
+                    if resource is None:
+                        continue
+                    desired[path] = resource
+                    seen.setdefault(path, set()).update(resource.blocked_by)
+                    if resource.ready:
+                        blocked.discard(path)
+                        ready.add(path)
+                    else:
+                        wait_for(path)
+                continue
+            path, action = running.pop(future)
+            unsettled.discard(path)
+            if self._settle(future, path, action):
+                settled(path)
+            else:
+                failed.add(path)
+        self._unblock(blocked | ready, failed, desired, deps_of, actions)
 
     def _unblock(
         self,
@@ -359,14 +353,9 @@ class Executor:
         desired: Mapping[str, DesiredResource],
         deps_of: Callable[[str], frozenset[str]],
         actions: Mapping[str, Action],
-        broken: str | None,
     ) -> None:
         """Report every resource that could not run: skipped after a failure, or on a dependency cycle."""
         if not pending:
-            return
-        if broken is not None:
-            for path in sorted(pending):
-                self._finish(path, actions[path], "failed", f"its inputs could not be evaluated: {broken}")
             return
         edges = {p: {d for d in deps_of(p) if d in pending or d in failed} for p in pending}
         cycle = find_cycle({p: {d for d in e if d in pending} for p, e in edges.items()})

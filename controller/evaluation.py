@@ -30,6 +30,12 @@ from controller.processes import CommandFailed, run
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
 _MARK = "trace: nixgitops:"
+MARKERS = {  # what the harness puts in place of values JSON cannot carry exactly, and what to tell the user
+    "__nixgitopsFunction": "is a function. Inputs are sent to the provider as JSON, so they may hold only strings,"
+    " numbers, booleans, null, lists and attribute sets.",
+    "__nixgitopsFloat": "is a floating-point number that Nix cannot write to JSON exactly (it keeps 6 significant"
+    " digits). Write it as a string or an integer.",
+}
 
 
 @dataclass(frozen=True)
@@ -302,20 +308,11 @@ class NixEvaluator:
             if "u" in value:
                 inputs[key] = UNKNOWN
             else:
-                bad = _marker_in(value["v"], "__nixgitopsFunction") if markers else None
-                if bad is not None:
-                    at = ".".join([key, *bad])
-                    raise DeploymentError(
-                        f"{where}: input {at!r} is a function. Inputs are sent to the provider as JSON, so they"
-                        " may hold only strings, numbers, booleans, null, lists and attribute sets."
-                    )
-                bad = _marker_in(value["v"], "__nixgitopsFloat") if markers else None
-                if bad is not None:
-                    at = ".".join([key, *bad])
-                    raise DeploymentError(
-                        f"{where}: input {at!r} is a floating-point number that Nix cannot write to JSON exactly"
-                        " (it keeps 6 significant digits). Write it as a string or an integer."
-                    )
+                for marker, why in MARKERS.items():
+                    bad = _marker_in(value["v"], marker) if markers else None
+                    if bad is not None:
+                        at = ".".join([key, *bad])
+                        raise DeploymentError(f"{where}: input {at!r} {why}")
                 inputs[key] = value["v"]
         blockers = frozenset(q for qs in blocked.values() for q in qs)
         return DesiredResource(path, rtype, inputs, True, blockers, item["d"])

@@ -5,7 +5,6 @@ Every failure names the command line, the exit code and what the command printed
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -80,10 +79,3 @@ def spawn(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-
-
-def environment(**overrides: str) -> dict[str, str]:
-    """The current environment with some variables replaced."""
-    env = dict(os.environ)
-    env.update(overrides)
-    return env

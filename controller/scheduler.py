@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import threading
 import uuid
-from collections.abc import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -119,7 +118,3 @@ class Scheduler:
     @property
     def running(self) -> bool:
         return bool(self.scheduler.running)
-
-    def on_each(self, callback: Callable[[Runner], None]) -> None:
-        for runner in self.runners.values():
-            callback(runner)
