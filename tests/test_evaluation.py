@@ -122,6 +122,12 @@ def test_user_traces_are_forwarded(tmp_path: Path) -> None:
             "preventDestroy must be true or false",
         ),
         ("{ ... }: { providers.local = { }; }", DeploymentError, "'local' is built in"),
+        (
+            '{ ... }: { members.a = { type = "local.memo"; inputs.initialize_with = [ 123456789.0 ]; }; }',
+            DeploymentError,
+            "input 'initialize_with.0' is a floating-point number",
+        ),
+        ('{ ... }: { members."a.b" = { type = "local.memo"; }; }', DeploymentError, "'a.b' is not allowed"),
         ('{ ... }: { providers.x = { resourceTypes = [ "a" ]; }; }', DeploymentError, "`executable`"),
     ],
 )
