@@ -24,7 +24,7 @@ from controller.errors import NixgitopsError, ProviderError
 from controller.evaluation import Evaluation
 from controller.graph import closure, describe_cycle, find_cycle
 from controller.journal import Journal
-from controller.model import DesiredResource, ResourceState
+from controller.model import DesiredResource, KnownOutputs, ResourceState
 from controller.planning import Action, Change, Plan, decide
 from controller.provider_client import Providers
 
@@ -290,9 +290,14 @@ class Executor:
             for blocker in blockers:
                 waiting_on.setdefault(blocker, set()).add(path)
 
+        # final outputs: those of resources that do not change in this run, and of each one that settles
+        known = KnownOutputs({p: s.outputs for p, s in self.state.items() if p not in unsettled})
+
         def settled(path: str) -> None:
             nonlocal stale
             stale = True
+            if path in self.state:
+                known.set(path, self.state[path].outputs)
             candidates.update(waiting_on.pop(path, ()))
 
         for path in blocked:
@@ -308,7 +313,6 @@ class Executor:
                 running[self._submit(pool, change, desired[path], deps_of(path))] = (path, change.action)
             ready.clear()
             if evaluation is None and stale and (candidates or opaque):
-                known = {p: s.outputs for p, s in self.state.items() if p not in unsettled and p not in failed}
                 asked = (candidates | opaque) & blocked
                 candidates.clear()
                 opaque -= asked

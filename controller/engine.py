@@ -271,7 +271,7 @@ class Engine:
             journal=journal,
         )
         try:
-            with executor.providers:
+            with executor.providers, self.evaluator.session():
                 executor.run(planned.plan, planned.desired, planned.dependencies, planned.state)
         finally:
             started = time.monotonic()

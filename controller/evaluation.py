@@ -8,11 +8,12 @@ that the error shows Nix's own message and location.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -24,8 +25,10 @@ from controller.model import (
     LOCAL_RESOURCE_TYPES,
     UNKNOWN,
     DesiredResource,
+    KnownOutputs,
     ProviderSpec,
 )
+from controller.nix_repl import NeedsStore, NixRepl, ReplUnavailable
 from controller.processes import CommandFailed, run
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
@@ -123,6 +126,30 @@ class NixEvaluator:
         self.log = log
         self.nix_instantiate = nix_instantiate
         self.passes = 0
+        self._persistent = False  # within session(): selective passes go to one `nix repl` ...
+        self._repl: NixRepl | None = None  # ... started at the first of them
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Within this block, passes that evaluate selected resources (those of apply, after each settle) run in
+        one persistent ``nix repl`` instead of a ``nix-instantiate`` each; see controller/nix_repl.py."""
+        self._persistent = True
+        try:
+            yield
+        finally:
+            self._persistent = False
+            if self._repl is not None:
+                self._repl.close()
+                self._repl = None
+
+    def _fall_back(self, why: Exception) -> None:
+        """Leave the persistent evaluator for the rest of the session: every pass is a ``nix-instantiate``."""
+        if self.log is not None:
+            self.log(f"evaluating with nix-instantiate from now on: {str(why).splitlines()[0]}")
+        self._persistent = False
+        if self._repl is not None:
+            self._repl.close()
+            self._repl = None
 
     @property
     def where(self) -> str:
@@ -142,12 +169,12 @@ class NixEvaluator:
             )
         args = {
             "deployment": str(self.entry_file),
-            "known": dict(known),
+            "known": known if isinstance(known, KnownOutputs) else dict(known),
             "select": None if select is None else [p.split(".") for p in sorted(select)],
             "probe": [p.split(".") for p in sorted(probe)],
             "focus": None,
         }
-        answer, traces = self._run(args)
+        answer, traces = self._run(args, persistent=select is not None and self._persistent)
         for line in traces.other:
             if self.log is not None:
                 self.log(line)
@@ -172,8 +199,16 @@ class NixEvaluator:
 
     # -- running Nix ---------------------------------------------------------------------------------------
 
-    def _run(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
+    def _run(self, args: dict[str, Any], *, persistent: bool = False) -> tuple[Any, _Traces]:
         self.passes += 1
+        if persistent:
+            try:
+                return self._run_in_repl(args)
+            except (NeedsStore, ReplUnavailable) as exc:
+                self._fall_back(exc)
+        known = args["known"]
+        if isinstance(known, KnownOutputs):
+            args = dict(args, known=known.snapshot())
         fd, name = tempfile.mkstemp(prefix="nixgitops-eval-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
@@ -202,10 +237,19 @@ class NixEvaluator:
         traces = parse_traces(done.stderr)
         if done.returncode != 0:
             raise EvaluationError(f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)))
-        answer = json.loads(done.stdout)
-        if isinstance(answer, dict):  # markers are rare: look for them value by value only when the text has one
-            answer["markers"] = "__nixgitops" in done.stdout
-        return answer, traces
+        return _decode(done.stdout), traces
+
+    def _run_in_repl(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
+        if self._repl is None:
+            self._repl = NixRepl(harness_path(), cwd=str(self.entry_file.parent), show_trace=self.show_trace)
+        try:
+            text, printed = self._repl.evaluate({k: v for k, v in args.items() if k != "known"}, args["known"])
+        except (NeedsStore, ReplUnavailable):
+            raise
+        except EvaluationError as exc:
+            traces = parse_traces(str(exc))
+            raise EvaluationError(f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other))) from None
+        return _decode(text), parse_traces("\n".join(printed))
 
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
         focus = dict(args, focus={"path": path.split(".")}, select=None, probe=[])
@@ -316,6 +360,13 @@ class NixEvaluator:
                 inputs[key] = value["v"]
         blockers = frozenset(q for qs in blocked.values() for q in qs)
         return DesiredResource(path, rtype, inputs, True, blockers, item["d"])
+
+
+def _decode(text: str) -> Any:
+    answer = json.loads(text)
+    if isinstance(answer, dict):  # markers are rare: look for them value by value only when the text has one
+        answer["markers"] = "__nixgitops" in text
+    return answer
 
 
 def _marker_in(value: Any, marker: str) -> list[str] | None:

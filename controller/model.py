@@ -5,7 +5,7 @@ Pure: frozen dataclasses and conversions to and from JSON, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -143,3 +143,34 @@ class ResourceState(Typed):
             updated_at=data.get("updatedAt"),
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+class KnownOutputs(Mapping[str, Mapping[str, Any]]):
+    """The outputs that are final during one run, keyed by resource path. They only change through ``set`` and
+    ``discard``, which log the path, so that a persistent evaluator can send Nix only what changed since it last
+    looked (``changes`` from its cursor on) instead of every output on every pass."""
+
+    def __init__(self, initial: Mapping[str, Mapping[str, Any]] = {}) -> None:
+        self._outputs: dict[str, Mapping[str, Any]] = dict(initial)
+        self.changes: list[str] = list(self._outputs)
+
+    def set(self, path: str, outputs: Mapping[str, Any]) -> None:
+        self._outputs[path] = outputs
+        self.changes.append(path)
+
+    def discard(self, path: str) -> None:
+        if self._outputs.pop(path, None) is not None:
+            self.changes.append(path)
+
+    def snapshot(self) -> dict[str, Mapping[str, Any]]:
+        """A copy, safe to read while another thread keeps changing this one."""
+        return dict(self._outputs)
+
+    def __getitem__(self, path: str) -> Mapping[str, Any]:
+        return self._outputs[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.snapshot())
+
+    def __len__(self) -> int:
+        return len(self._outputs)

@@ -67,15 +67,16 @@ def run(
 
 
 def spawn(
-    argv: Sequence[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None, stdout: bool = True
 ) -> subprocess.Popen[bytes]:
-    """Start a long-lived process with pipes on stdin, stdout and stderr (raises OSError if it cannot start)."""
+    """Start a long-lived process with pipes on stdin, stdout (unless ``stdout`` is false: discarded) and stderr
+    (raises OSError if it cannot start)."""
     return subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=dict(env) if env is not None else None,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )

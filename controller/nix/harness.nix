@@ -9,23 +9,34 @@
 #   probe       a list of paths: find which resources each one reads (its dependencies)
 #   focus       null, or { path; } to evaluate one resource without any error handling, so that
 #               Nix reports a user's own `throw` or `assert` with its message and location
+# A persistent evaluator (controller/nix_repl.py) passes the known outputs as knownOutputs instead, a value
+# it keeps for the whole session, and knownDir, a directory where it writes <path>.json for each output that
+# became known since (null: no longer known); files there take precedence.
 #
 # Markers on stderr (through builtins.trace) let the caller attribute reads to readers:
 #   nixgitops:eval P      evaluation of resource P starts
 #   nixgitops:unknown Q   an unknown output of Q was read (a throw, so every reader re-triggers it)
 #   nixgitops:blocked F   the field F of the resource being evaluated failed ("*": its whole inputs)
 #   nixgitops:probe P     dependency probe of resource P starts (all outputs unknown in the probe)
-{ argsFile }:
+{ argsFile, knownOutputs ? null, knownDir ? null }:
 let
   args = builtins.fromJSON (builtins.readFile argsFile);
-  known = args.known;
+  known = if knownOutputs != null then knownOutputs else args.known;
   entry = import args.deployment;
 
   unknown = path:
     builtins.trace "nixgitops:unknown ${path}"
       (throw "nixgitops: the outputs of '${path}' are not known until it has been applied; outputs may only be read by another resource's inputs");
 
-  knownOrUnknown = path: if known ? ${path} then known.${path} else unknown path;
+  knownOrUnknown = path:
+    let
+      file = "${knownDir}/${path}.json";
+      written = if knownDir != null && builtins.pathExists file then builtins.fromJSON (builtins.readFile file) else false;
+    in
+    if written == null then unknown path
+    else if written != false then written
+    else if known ? ${path} then known.${path}
+    else unknown path;
 
   join = prefix: name: if prefix == "" then name else "${prefix}.${name}";
 

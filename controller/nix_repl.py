@@ -1,0 +1,181 @@
+"""A persistent Nix evaluator: one ``nix repl`` process kept for the passes of one apply.
+
+A ``nix-instantiate`` process per pass parses the deployment again every time: about 40 ms for a 1 MB file of
+10,000 resources, paid once per level of a chain. A repl parses each file once (Nix caches imports by path), so a
+pass costs what it evaluates: about 2 ms to find one resource's inputs in a deployment of 10,000.
+
+The repl is driven line by line on stdin; every answer comes back on stderr through ``builtins.trace``:
+
+    __k = builtins.fromJSON (builtins.readFile "<known.json>")          # once: the outputs known at the start
+    builtins.trace ("nixgitops:result " + builtins.toJSON (__h { argsFile = "<args.json>"; knownOutputs = __k;
+      knownDir = "<dir>"; })) null                                       # (one line) each pass
+    builtins.trace "nixgitops:end <n>" null
+
+Outputs that become known later are written to ``<dir>/<path>.json``, read by the harness only when a resource
+reads them: a pass sends only what changed, and no repl variable is assigned per pass (each assignment keeps a
+slot of the repl's environment, and the value in it, alive for good).
+
+Everything printed between two end markers belongs to one request: the harness's own markers, the result,
+or Nix's error. Only fixed lines with balanced syntax are sent (data travels in files), so a request can never
+leave the repl waiting for a continuation line. Stdout (the repl's echo and printed values) is discarded.
+
+The repl runs against the ``dummy://`` store (or ``NIXGITOPS_NIX_STORE``), which cannot copy anything into
+a store; an evaluation that needs to (``"${./file}"``) fails there, and the caller falls back to
+``nix-instantiate --readonly-mode`` (see ``NeedsStore``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from controller.errors import EvaluationError
+from controller.model import KnownOutputs
+from controller.processes import spawn
+
+RESULT = "trace: nixgitops:result "
+END = "trace: nixgitops:end "
+
+
+class NeedsStore(EvaluationError):
+    """The evaluation needs a Nix store the repl does not have; evaluate it with ``nix-instantiate``."""
+
+
+class ReplUnavailable(EvaluationError):
+    """The repl could not be started or stopped answering; evaluate with ``nix-instantiate``."""
+
+
+class NixRepl:
+    """One ``nix repl`` process, with the harness loaded. Not thread-safe: one request at a time."""
+
+    def __init__(self, harness: Path, *, cwd: str, show_trace: bool = False, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self._dir = Path(tempfile.mkdtemp(prefix="nixgitops-repl-"))
+        self._known_dir = self._dir / "known"
+        self._known_dir.mkdir()
+        self._files = 0
+        self._requests = 0
+        self._known: KnownOutputs | None = None  # the instance whose changes the repl has seen ...
+        self._cursor = 0  # ... up to this index of its change log
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        store = os.environ.get("NIXGITOPS_NIX_STORE") or "dummy://"
+        argv = ["nix", "--extra-experimental-features", "nix-command", "repl", "--store", store]
+        if show_trace:
+            argv.append("--show-trace")
+        try:
+            self.proc = spawn(argv, cwd=cwd, stdout=False)
+        except OSError as exc:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise ReplUnavailable(f"cannot start `nix repl`: {exc.strerror}") from None
+        assert self.proc.stderr is not None
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc.stderr,), daemon=True)
+        self._pump_thread.start()
+        self._send(f"__h = import {_nix_string(str(harness))}", "__k = { }")
+        self._answer()
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            self._lines.put(raw.decode(errors="replace").rstrip("\n"))
+        self._lines.put(None)
+
+    def _send(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        self._requests += 1
+        text = "".join(f"{line}\n" for line in lines) + f'builtins.trace "nixgitops:end {self._requests}" null\n'
+        try:
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+        except OSError:
+            raise ReplUnavailable("`nix repl` exited") from None
+
+    def _answer(self) -> list[str]:
+        """The lines printed for the last request, up to its end marker."""
+        end = f"{END}{self._requests}"
+        lines: list[str] = []
+        while True:
+            try:
+                line = self._lines.get(timeout=self.timeout)
+            except queue.Empty:
+                self.close()
+                raise ReplUnavailable(f"`nix repl` did not answer within {self.timeout:g}s") from None
+            if line is None:
+                raise ReplUnavailable("`nix repl` exited:\n" + "\n".join(lines[-20:]))
+            if line == end:
+                return lines
+            lines.append(line)
+
+    def _file(self, content: Any) -> str:
+        self._files += 1
+        path = self._dir / f"{self._files}.json"
+        path.write_text(json.dumps(content, separators=(",", ":"), check_circular=False))
+        return _nix_string(str(path))
+
+    def _sync_known(self, known: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Bring the repl's view of the known outputs up to ``known``. When ``known`` is the ``KnownOutputs`` of the
+        last pass, only what changed since is written, one file per resource in the known directory; otherwise a
+        snapshot replaces everything (the one variable assigned per session: each assignment keeps a slot of the
+        repl's environment alive for good)."""
+        if isinstance(known, KnownOutputs) and known is self._known:
+            changed = known.changes[self._cursor :]
+            self._cursor += len(changed)
+            for path in dict.fromkeys(changed):
+                outputs = known.get(path)
+                (self._known_dir / f"{path}.json").write_text(json.dumps(outputs, separators=(",", ":")))
+            return []
+        shutil.rmtree(self._known_dir, ignore_errors=True)
+        self._known_dir.mkdir()
+        if isinstance(known, KnownOutputs):
+            self._known, self._cursor = known, len(known.changes)
+            snapshot: Mapping[str, Any] = known.snapshot()
+        else:
+            self._known, snapshot = None, known
+        return [f"__k = builtins.fromJSON (builtins.readFile {self._file(dict(snapshot))})"]
+
+    def evaluate(self, args: Mapping[str, Any], known: Mapping[str, Mapping[str, Any]]) -> tuple[str, list[str]]:
+        """Run the harness with ``args`` (without ``known``) and ``known``: Nix's JSON answer and the other lines
+        printed (the harness's markers). Raises EvaluationError with Nix's message when evaluation fails."""
+        sync = self._sync_known(known)
+        where = _nix_string(str(self._known_dir))
+        call = f"__h {{ argsFile = {self._file(dict(args))}; knownOutputs = __k; knownDir = {where}; }}"
+        self._send(*sync, f'builtins.trace ("nixgitops:result " + builtins.toJSON ({call})) null')
+        lines = self._answer()
+        for i, line in enumerate(lines):
+            if line.startswith(RESULT):
+                return line[len(RESULT) :], lines[:i] + lines[i + 1 :]
+        text = "\n".join(lines)
+        if sync:  # the known outputs may not have reached the repl: send them all again next time
+            self._known = None
+        for line in lines:
+            if "is not supported by store" in line:
+                raise NeedsStore(line.strip())
+        raise EvaluationError(text)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):  # a repl that does not exit on EOF is killed
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._pump_thread.join(timeout=5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _nix_string(text: str) -> str:
+    """``text`` as a Nix string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${") + '"'

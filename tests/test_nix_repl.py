@@ -1,0 +1,143 @@
+"""The persistent evaluator: the real `nix repl` gives the same answers as `nix-instantiate`, sends only what
+changed, survives errors, and hands over to `nix-instantiate` when it cannot go on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import Checkout
+
+from controller.errors import EvaluationError
+from controller.evaluation import NixEvaluator
+from controller.model import UNKNOWN, KnownOutputs
+
+CHAIN = """
+{ members, providers, ... }:
+{
+  members.a = { type = providers.local.memo; inputs.initialize_with = "A"; };
+  members.b = { type = providers.local.memo; inputs.initialize_with = "${members.a.outputs.value}-b"; };
+  members.c = { type = providers.local.memo; inputs.initialize_with = members.b.outputs.value + "-c"; };
+  members.d = {
+    type = providers.local.memo;
+    inputs.initialize_with = if members.c.outputs.value == "boom" then throw "c said boom" else "d";
+  };
+}
+"""
+
+
+def entry(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "deployment.nix"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def both(tmp_path: Path, text: str) -> tuple[NixEvaluator, NixEvaluator]:
+    """An evaluator in a session (the repl) and one without (nix-instantiate), on the same file."""
+    path = entry(tmp_path, text)
+    return NixEvaluator(path), NixEvaluator(path)
+
+
+def test_repl_answers_as_nix_instantiate_does_as_outputs_become_known(tmp_path: Path) -> None:
+    in_repl, one_shot = both(tmp_path, CHAIN)
+    known = KnownOutputs({"a": {"value": "A"}})
+    with in_repl.session():
+        for path, value in (("b", "A-b"), ("c", "A-b-c")):
+            answer = in_repl.evaluate(known, select={path, "d"})
+            expected = one_shot.evaluate(dict(known), select={path, "d"})
+            assert answer == expected
+            assert answer.resources[path].inputs == {"initialize_with": value}
+            assert answer.resources["d"].inputs == {"initialize_with": UNKNOWN}
+            known.set(path, {"value": value})
+        assert in_repl._repl is not None
+        first = in_repl._repl.proc.pid
+        assert in_repl.evaluate(known, select={"d"}).resources["d"].inputs == {"initialize_with": "d"}
+        # a resource dropped from the known outputs is unknown again, in the same process
+        known.discard("c")
+        answer = in_repl.evaluate(known, select={"d"})
+        assert answer.resources["d"].blocked_by == {"c"}
+        assert in_repl._repl.proc.pid == first
+    assert in_repl._repl is None  # closed with the session
+
+
+def test_a_user_error_is_reported_and_the_repl_goes_on(tmp_path: Path) -> None:
+    in_repl, one_shot = both(tmp_path, CHAIN)
+    known = KnownOutputs({"a": {"value": "A"}, "b": {"value": "B"}, "c": {"value": "boom"}})
+    with in_repl.session():
+        with pytest.raises(EvaluationError) as raised:
+            in_repl.evaluate(known, select={"d"})
+        with pytest.raises(EvaluationError) as expected:
+            one_shot.evaluate(dict(known), select={"d"})
+        assert "c said boom" in str(raised.value)
+        assert str(raised.value) == str(expected.value)
+        known.set("c", {"value": "fine"})
+        assert in_repl.evaluate(known, select={"d"}).resources["d"].inputs == {"initialize_with": "d"}
+
+
+def test_evaluation_that_needs_the_store_falls_back_to_nix_instantiate(tmp_path: Path) -> None:
+    (tmp_path / "script.sh").write_text("echo hi\n")
+    in_repl, one_shot = both(
+        tmp_path,
+        """
+        { members, providers, ... }:
+        {
+          members.a = { type = providers.local.memo; inputs.initialize_with = "A"; };
+          members.b.type = providers.local.memo;
+          members.b.inputs.initialize_with = "${./script.sh} ${members.a.outputs.value}";
+        }
+        """,
+    )
+    logged: list[str] = []
+    in_repl.log = logged.append
+    known = KnownOutputs({"a": {"value": "A"}})
+    with in_repl.session():
+        answer = in_repl.evaluate(known, select={"b"})
+        assert in_repl._repl is None
+    value = answer.resources["b"].inputs["initialize_with"]
+    assert value.startswith("/nix/store/") and value.endswith("-script.sh A")
+    assert answer == one_shot.evaluate(dict(known), select={"b"})
+    assert any("nix-instantiate from now on" in line and "dummy" in line for line in logged)
+
+
+def test_a_repl_that_dies_is_replaced_by_nix_instantiate(tmp_path: Path) -> None:
+    in_repl, one_shot = both(tmp_path, CHAIN)
+    known = KnownOutputs({"a": {"value": "A"}})
+    with in_repl.session():
+        in_repl.evaluate(known, select={"b"})
+        assert in_repl._repl is not None
+        os.killpg(in_repl._repl.proc.pid, signal.SIGKILL)
+        known.set("b", {"value": "A-b"})
+        answer = in_repl.evaluate(known, select={"c"})
+        assert in_repl._repl is None
+    assert answer == one_shot.evaluate(dict(known), select={"c"})
+
+
+def test_known_outputs_log_every_change() -> None:
+    known = KnownOutputs({"a": {"v": 1}})
+    known.set("b", {"v": 2})
+    known.discard("a")
+    known.discard("missing")
+    assert dict(known) == {"b": {"v": 2}} and len(known) == 1
+    assert known.changes == ["a", "b", "a"]
+    snapshot = known.snapshot()
+    known.set("c", {})
+    assert "c" not in snapshot
+
+
+def test_a_chain_applied_through_the_repl_leaves_nothing_to_do(checkout: Checkout) -> None:
+    """End to end: twelve levels, each reading the one before, created in one run."""
+    lines = ["{ members, providers, ... }:", "{"]
+    lines.append('  members.r0 = { type = providers.local.memo; inputs.initialize_with = "0"; };')
+    for i in range(1, 12):
+        reads = f'"${{members.r{i - 1}.outputs.value}}.{i}"'
+        lines.append(f"  members.r{i} = {{ type = providers.local.memo; inputs.initialize_with = {reads}; }};")
+    lines.append("}")
+    checkout.deploy("\n".join(lines) + "\n")
+    done = checkout.ok("apply", "--yes")
+    assert "nix-instantiate from now on" not in done.stderr + done.stdout  # the repl served every pass
+    state = checkout.state()
+    assert state["r11"]["outputs"]["value"] == ".".join(str(i) for i in range(12))
+    assert all(c["action"] == "noop" for c in checkout.plan().values())
