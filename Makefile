@@ -60,10 +60,7 @@ unit: setup
 test: setup lint unit
 
 bench: setup
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/latency.py
-	$(BIN)/python bench/latency.py --webhook
-	$(BIN)/python bench/state_commit.py
+	$(BIN)/python bench/run.py --markdown bench/last-run.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,69 +1,438 @@
-"""Benchmarks: print figures, pass or fail nothing (issue 7 builds the full set on top of this).
+"""nixgitops benchmarks: every scenario of docs/performance.md, printed as one table. They measure; they pass or
+fail nothing (the tests check correctness).
 
-For each size and shape it builds a deployment of `local.memo` resources in a fresh Git repository and times,
-against the floor of a bare `nix-instantiate` of an equivalent expression in the same run:
-the first plan, the first apply, and a plan with nothing to do.
+    python bench/run.py [--sizes 10,1000,10000] [--only 1a,1b,2,3,4,5,6] [--markdown FILE]
 
-    python bench/run.py [--sizes 10,100,1000] [--shapes independent,chained]
+Scenarios (see docs/performance.md for the targets and what each floor is):
+  1a  plan with no change, from the command line, against a bare nix-instantiate plus a bare Python start
+  1b  a new commit that changes nothing, in the running daemon, against the bare Nix evaluation alone
+  2   apply, all create (local.file), against writing the same files from Python
+  3   state commit of a one-resource change: 10 resources vs 10,000
+  4   push to applied: with a signed webhook, and with polling every second
+  5   idle daemon watching 50 unchanged deployments; one poll of an unchanged remote with a long history
+  6   peak resident memory of plan and apply
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    GIT,
+    NIXGITOPS,
+    SHAPES,
+    Daemon,
+    Row,
+    Table,
+    deployment,
+    floor_expression,
+    free_port,
+    git_repo,
+    median_of,
+    sh,
+    size_label,
+    timed,
+    verdict,
+)
+
+BIG = 10_000
+ONE_MEMO = (
+    '{ members, providers, ... }: { members.m = { type = providers.local.memo; inputs.initialize_with = "V"; }; }\n'
+)
 
 
-def deployment(n: int, shape: str) -> str:
-    lines = ["{ members, providers, ... }:", "{"]
-    for i in range(n):
-        value = f'"v{i}"' if shape == "independent" or i == 0 else f"members.r{i - 1}.outputs.value"
-        lines.append(f"  members.r{i} = {{ type = providers.local.memo; inputs.initialize_with = {value}; }};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+def bare_nix(repo: Path) -> float:
+    return median_of(3, lambda: timed(["nix-instantiate", "--eval", "--strict", "--json", "floor.nix"], repo).seconds)
 
 
-def floor(n: int) -> str:
-    body = " ".join(f'r{i} = {{ type = "local.memo"; inputs.initialize_with = "v{i}"; }};' for i in range(n))
-    return "{ " + body + " }\n"
+def python_floor(repo: Path) -> float:
+    return median_of(3, lambda: timed([sys.executable, "-c", "pass"], repo).seconds)
 
 
-def timed(argv: list[str], cwd: Path) -> float:
+def write_files_floor(n: int, where: Path) -> float:
+    """Writing the same n files from Python directly."""
+    out = where / "out"
+    out.mkdir(parents=True)
     started = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
+    for i in range(n):
+        (out / f"r{i}").write_text(f"v{i}")
     return time.perf_counter() - started
 
 
+def cli(table: Table, sizes: list[int], only: set[str], tmp: Path) -> None:
+    """Scenarios 1a, 2 and 6: the command line on a fresh checkout of each size and shape."""
+    rss: dict[tuple[int, str], tuple[float, float]] = {}
+    for shape in SHAPES:
+        for n in sizes:
+            repo = tmp / f"cli-{shape}-{n}"
+            files = {
+                "deployment.nix": deployment(n, shape, tmp / f"out-cli-{shape}-{n}"),
+                "floor.nix": floor_expression(n),
+            }
+            git_repo(repo, files)
+            label = size_label(n, shape)
+            floor = write_files_floor(n, tmp / f"files-{shape}-{n}")
+            applied = timed([*NIXGITOPS, "apply", "--yes", "-q"], repo)
+            if "2" in only:
+                table.add(
+                    Row(
+                        "2 apply, all create",
+                        label,
+                        f"{applied.seconds:.2f} s ({n / applied.seconds:,.0f}/s)",
+                        f"{floor:.3f} s",
+                        f"{applied.seconds / floor:.0f}",
+                        "< 15 s" if n == BIG else "-",
+                        verdict(applied.seconds < 15) if n == BIG else "-",
+                    )
+                )
+            plans = [timed([*NIXGITOPS, "plan"], repo) for _ in range(3)]
+            plan = statistics.median(p.seconds for p in plans)
+            rss[(n, shape)] = (max(p.max_rss_mb for p in plans), applied.max_rss_mb)
+            if "1a" in only:
+                nix, python = bare_nix(repo), python_floor(repo)
+                ratio = plan / (nix + python)
+                table.add(
+                    Row(
+                        "1a plan, no change (CLI)",
+                        label,
+                        f"{plan:.3f} s",
+                        f"{nix + python:.3f} s (Nix {nix:.3f} + Python {python:.3f})",
+                        f"{ratio:.2f}",
+                        "<= 2.0" if n == BIG else "-",
+                        verdict(ratio <= 2.0) if n == BIG else "-",
+                    )
+                )
+    if "6" in only:
+        for (n, shape), (plan_mb, apply_mb) in rss.items():
+            big = n == BIG
+            table.add(
+                Row(
+                    "6 peak RSS, plan / apply",
+                    size_label(n, shape),
+                    f"{plan_mb:.0f} MB / {apply_mb:.0f} MB",
+                    target="< 300 MB" if big else "-",
+                    met=verdict(max(plan_mb, apply_mb) < 300) if big else "-",
+                )
+            )
+
+
+def daemon_no_change(table: Table, sizes: list[int], tmp: Path) -> None:
+    """Scenario 1b (and the long-history poll of 5): a daemon; each deployment gets a commit that changes nothing."""
+    root = tmp / "daemon"
+    root.mkdir()
+    port = free_port()
+    config = [f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n']
+    clones: dict[str, Path] = {}
+    floors: dict[str, float] = {}
+    for shape in SHAPES:
+        for n in sizes:
+            name = f"{shape}-{n}"
+            clone = root / f"{name}.src"
+            git_repo(
+                clone,
+                {"deployment.nix": deployment(n, shape, root / f"out-{name}"), "floor.nix": floor_expression(n)},
+                bare_remote=root / f"{name}.git",
+            )
+            clones[name] = clone
+            floors[name] = bare_nix(clone)
+            config.append(
+                f'[deployments."{name}"]\nrepository = "{root / f"{name}.git"}"\ninterval = "1h"\njitter = "1ms"\n'
+            )
+    history = root / "history.src"
+    long_history(history, commits=10_000, bare_remote=root / "history.git")
+    config.append(f'[deployments.history]\nrepository = "{root / "history.git"}"\ninterval = "1h"\njitter = "1ms"\n')
+    (root / "nixgitops.toml").write_text("\n".join(config))
+    daemon = Daemon(root / "nixgitops.toml", port)
+    try:
+        for name in [*clones, "history"]:
+            first = daemon.reconcile(name)
+            if first.get("outcome") not in ("success", "no-change"):  # the daemon may have applied it at start
+                raise RuntimeError(
+                    f"the first reconcile of {name} ended {first.get('outcome')}: {first.get('message')}"
+                )
+        for name, clone in clones.items():
+            walls, phases = [], []
+            for k in range(3):
+                (clone / "README").write_text(f"nothing that the deployment reads {k}\n")
+                sh(*GIT, "add", "README", cwd=clone)
+                sh(*GIT, "commit", "-qm", f"readme {k}", cwd=clone)
+                sh(*GIT, "push", "-q", str(root / f"{name}.git"), "HEAD:refs/heads/main", cwd=clone)
+                started = time.perf_counter()
+                run = daemon.reconcile(name)
+                walls.append(time.perf_counter() - started)
+                if run.get("outcome") != "no-change":
+                    raise RuntimeError(f"{name}: a commit that changes nothing ended {run.get('outcome')}")
+                phases.append(run.get("phases", {}))
+            wall = statistics.median(walls)
+            shape, n = name.split("-")[0], int(name.split("-")[1])
+            ratio = wall / floors[name]
+            split = ", ".join(
+                f"{p} {statistics.median(x.get(p, 0) for x in phases) * 1000:.0f}"
+                for p in ("fetch", "evaluate", "commit", "push")
+            )
+            table.add(
+                Row(
+                    "1b new commit, no change (daemon)",
+                    size_label(n, shape),
+                    f"{wall:.3f} s ({split} ms)",
+                    f"{floors[name]:.3f} s bare Nix",
+                    f"{ratio:.2f}",
+                    "<= 1.5" if n == BIG else "-",
+                    verdict(ratio <= 1.5) if n == BIG else "-",
+                )
+            )
+        polls = []
+        for _ in range(5):
+            run = daemon.reconcile("history")
+            polls.append(run.get("phases", {}).get("fetch", 0.0))
+        table.add(
+            Row(
+                "5 one poll, unchanged remote",
+                "10,000 commits of history",
+                f"{statistics.median(polls) * 1000:.1f} ms (ls-remote, no fetch)",
+            )
+        )
+    finally:
+        daemon.stop()
+
+
+def long_history(path: Path, *, commits: int, bare_remote: Path) -> None:
+    """A repository with ``commits`` commits, made in one `git fast-import`, the last one a small deployment."""
+    path.mkdir(parents=True)
+    sh(*GIT, "init", "-q", str(path))
+    text = ONE_MEMO.replace('"V"', '"x"')
+    stream = []
+    for i in range(commits):
+        content = text if i == commits - 1 else f"history {i}\n"
+        name = "deployment.nix" if i == commits - 1 else "HISTORY"
+        stream.append(f"commit refs/heads/main\ncommitter bench <bench@example.invalid> {1700000000 + i} +0000\n")
+        message = f"c{i}"
+        stream.append(f"data {len(message)}\n{message}\n")
+        stream.append(f"M 100644 inline {name}\ndata {len(content.encode())}\n{content}\n")
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=path, input="".join(stream).encode(), check=True)
+    sh(*GIT, "checkout", "-q", "main", cwd=path)
+    sh(*GIT, "init", "-q", "--bare", str(bare_remote))
+    sh(*GIT, "push", "-q", str(bare_remote), "main", cwd=path)
+
+
+def state_commit(table: Table) -> None:
+    """Scenario 3, in process: the cost of recording a one-resource change."""
+    from controller.model import ResourceState
+    from controller.state_branch import StateBranch, open_repository
+
+    def measure(n: int, repeat: int = 20) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["git", "init", "-q", tmp], check=True)
+            store = StateBranch(open_repository(Path(tmp)))
+            record = lambda i, v=0: ResourceState(f"r{i}", "local.memo", {"initialize_with": v}, {"value": v})  # noqa: E731
+            store.commit(upserts={f"r{i}": record(i) for i in range(n)}, deletes=(), meta={}, message="all")
+            times = []
+            for k in range(1, repeat + 1):
+                started = time.perf_counter()
+                store.commit(upserts={"r0": record(0, k)}, deletes=(), meta={"run": k}, message=f"change {k}")
+                times.append(time.perf_counter() - started)
+            return statistics.median(times)
+
+    small, large = measure(10), measure(BIG)
+    ratio = large / small
+    table.add(
+        Row(
+            "3 state commit, one resource changed",
+            "10,000 vs 10",
+            f"{large * 1000:.1f} ms",
+            f"{small * 1000:.1f} ms (10 resources)",
+            f"{ratio:.1f}",
+            "<= 5 (aim 2)",
+            verdict(ratio <= 5),
+        )
+    )
+
+
+def push_to_applied(table: Table, tmp: Path, *, webhook_pushes: int, polling_pushes: int) -> None:
+    """Scenario 4: from `git push` returning to the state commit on the remote."""
+    for webhook in (True, False):
+        latencies = sorted(push_latencies(tmp, webhook=webhook, pushes=webhook_pushes if webhook else polling_pushes))
+        p50 = statistics.median(latencies)
+        p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+        if webhook:
+            table.add(
+                Row(
+                    "4 push to applied, webhook",
+                    f"1 resource, {len(latencies)} pushes",
+                    f"p50 {p50:.3f} s, p99 {p99:.3f} s, max {latencies[-1]:.3f} s",
+                    target="p50 < 0.5 s, p99 < 1 s",
+                    met=verdict(p50 < 0.5 and p99 < 1),
+                )
+            )
+        else:
+            table.add(
+                Row(
+                    "4 push to applied, polling 1 s",
+                    f"1 resource, {len(latencies)} pushes",
+                    f"p50 {p50:.3f} s, max {latencies[-1]:.3f} s",
+                )
+            )
+
+
+def push_latencies(tmp: Path, *, webhook: bool, pushes: int) -> list[float]:
+    root = tmp / ("webhook" if webhook else "polling")
+    root.mkdir()
+    remote, clone = root / "remote.git", root / "clone"
+    text = ONE_MEMO
+    git_repo(clone, {"deployment.nix": text.replace("V", "0")}, bare_remote=remote)
+    port = free_port()
+    (root / "secret").write_text("bench-secret")
+    (root / "nixgitops.toml").write_text(
+        f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+        f'[deployments.b]\nrepository = "{remote}"\ninterval = "{"1h" if webhook else "1s"}"\njitter = "1ms"\n'
+        f'[receivers.hook]\nkind = "github"\nsecret_file = "{root / "secret"}"\ndeployments = ["b"]\n'
+    )
+
+    def applied(sha: str) -> bool:
+        done = subprocess.run(
+            ["git", "--git-dir", str(remote), "log", "-1", "--format=%B", "nixgitops/state"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return f"Source-Commit: {sha}" in done.stdout
+
+    def wait_applied(sha: str) -> None:
+        deadline = time.monotonic() + 60
+        while not applied(sha):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{sha} was not applied within 60 s; see {root / 'daemon.log'}")
+            time.sleep(0.005)
+
+    daemon = Daemon(root / "nixgitops.toml", port)
+    try:
+        if webhook:
+            daemon.reconcile("b")
+        else:
+            wait_applied(sh("git", "rev-parse", "HEAD", cwd=clone).strip())
+        latencies = []
+        for i in range(1, pushes + 1):
+            (clone / "deployment.nix").write_text(text.replace("V", str(i)))
+            sh(*GIT, "commit", "-qam", f"v{i}", cwd=clone)
+            sh(*GIT, "push", "-q", str(remote), "HEAD:refs/heads/main", cwd=clone)
+            pushed = time.perf_counter()
+            sha = sh("git", "rev-parse", "HEAD", cwd=clone).strip()
+            if webhook:
+                body = json.dumps(
+                    {"ref": "refs/heads/main", "after": sha, "repository": {"clone_url": str(remote)}}
+                ).encode()
+                signature = "sha256=" + hmac.new(b"bench-secret", body, hashlib.sha256).hexdigest()
+                daemon.post(
+                    "/hooks/hook",
+                    body,
+                    {"X-Hub-Signature-256": signature, "X-GitHub-Event": "push", "X-GitHub-Delivery": sha},
+                )
+            wait_applied(sha)
+            latencies.append(time.perf_counter() - pushed)
+    finally:
+        daemon.stop()
+    return latencies
+
+
+def idle(table: Table, tmp: Path, *, deployments: int, window: float) -> None:
+    """Scenario 5: the daemon's CPU and memory while its 50 remotes do not change (default interval, 1 min)."""
+    root = tmp / "idle"
+    root.mkdir()
+    port = free_port()
+    config = [f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n']
+    text = ONE_MEMO.replace('"V"', '"x"')
+    for i in range(deployments):
+        git_repo(root / f"d{i}.src", {"deployment.nix": text}, bare_remote=root / f"d{i}.git")
+        config.append(f'[deployments.d{i}]\nrepository = "{root / f"d{i}.git"}"\n')
+    (root / "nixgitops.toml").write_text("\n".join(config))
+    daemon = Daemon(root / "nixgitops.toml", port)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            done = [
+                d for d in daemon.get("/api/v1/deployments") if (d.get("lastRun") or {}).get("outcome") == "success"
+            ]
+            if len(done) == deployments:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(done)} of {deployments} deployments applied within 300 s")
+            time.sleep(0.5)
+        before, started = cpu_seconds(daemon.proc.pid), time.monotonic()
+        time.sleep(window)
+        cpu = (cpu_seconds(daemon.proc.pid) - before) / (time.monotonic() - started)
+        rss = status_kb(daemon.proc.pid, "VmRSS") / 1024
+        runs = sum(len(daemon.get(f"/api/v1/deployments/d{i}/runs")) for i in range(deployments))
+    finally:
+        daemon.stop()
+    table.add(
+        Row(
+            "5 idle daemon",
+            f"{deployments} unchanged deployments, polled every 1 min",
+            f"{cpu * 100:.2f}% of a core, RSS {rss:.0f} MB ({runs} runs recorded)",
+            target="< 2% of a core, < 150 MB",
+            met=verdict(cpu < 0.02 and rss < 150),
+        )
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system time of a process and of the children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="10,100,1000")
-    parser.add_argument("--shapes", default="independent,chained")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,1000,10000")
+    parser.add_argument("--only", default="1a,1b,2,3,4,5,6")
+    parser.add_argument("--markdown", type=Path, help="also write the table here, as Markdown")
+    parser.add_argument("--idle-window", type=float, default=60.0, help="seconds of idle measured (scenario 5)")
     args = parser.parse_args()
-    nixgitops = [sys.executable, "-m", "controller"]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(subprocess.run(["nix-instantiate", "--version"], capture_output=True, text=True).stdout.strip())
-    print(f"{'shape':<12}{'n':>7}{'floor s':>10}{'plan s':>10}{'apply s':>10}{'noop plan s':>13}{'noop/floor':>12}")
-    for shape in args.shapes.split(","):
-        for n in (int(s) for s in args.sizes.split(",")):
-            with tempfile.TemporaryDirectory() as tmp:
-                repo = Path(tmp)
-                subprocess.run([*GIT, "init", "-q"], cwd=repo, check=True)
-                (repo / "deployment.nix").write_text(deployment(n, shape))
-                (repo / "floor.nix").write_text(floor(n))
-                subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
-                subprocess.run([*GIT, "commit", "-qm", "bench"], cwd=repo, check=True)
-                bare = timed(["nix-instantiate", "--eval", "--strict", "--json", "floor.nix"], repo)
-                plan = timed([*nixgitops, "plan", "--json"], repo)
-                apply = timed([*nixgitops, "apply", "--yes", "-q"], repo)
-                noop = timed([*nixgitops, "plan", "--json"], repo)
-                print(f"{shape:<12}{n:>7}{bare:>10.3f}{plan:>10.3f}{apply:>10.3f}{noop:>13.3f}{noop / bare:>12.1f}")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    only = set(args.only.split(","))
+    started = time.monotonic()
+    nix = sh("nix-instantiate", "--version").strip()
+    gitv = sh("git", "--version").strip()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {nix}, {gitv}"
+    print(f"machine: {machine}", flush=True)
+    table = Table()
+    with tempfile.TemporaryDirectory(prefix="nixgitops-bench-") as tmp:
+        if only & {"1a", "2", "6"}:
+            cli(table, sizes, only, Path(tmp))
+        if "1b" in only:
+            daemon_no_change(table, sizes, Path(tmp))
+        if "3" in only:
+            state_commit(table)
+        if "4" in only:
+            push_to_applied(table, Path(tmp), webhook_pushes=100, polling_pushes=10)
+        if "5" in only:
+            idle(table, Path(tmp), deployments=50, window=args.idle_window)
+    print(f"\nmachine: {machine}; whole run {time.monotonic() - started:.0f} s\n")
+    print(table.markdown())
+    if args.markdown:
+        args.markdown.write_text(f"Machine: {machine}.\n\n" + table.markdown())
     return 0
 
 

@@ -161,17 +161,16 @@ class NixRepl:
         raise EvaluationError(text)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):  # a repl that does not exit on EOF is killed
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        with contextlib.suppress(OSError):  # EOF ends the repl; a dead one raises here, and is closed all the same
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a repl that does not exit on EOF is killed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         self._pump_thread.join(timeout=5)
-        assert self.proc.stderr is not None
         self.proc.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import threading
 import uuid
+from collections.abc import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -37,6 +38,7 @@ class Runner:
         self.failures = 0
         self.runs = 0
         self.finished = threading.Condition()
+        self.listeners: set[Callable[[], None]] = set()  # called (on the run's thread) after each run
 
     def tick(self) -> None:
         """The job: run, and run again while requests arrived during the run."""
@@ -62,6 +64,8 @@ class Runner:
             with self.finished:
                 self.runs += 1
                 self.finished.notify_all()
+            for listener in list(self.listeners):
+                listener()
 
     def _after(self, record: Run) -> None:
         if record.retry:

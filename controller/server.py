@@ -171,15 +171,28 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
         runner = runners.get(name)
         if runner is None:
             raise HTTPException(404, f"no deployment {name!r}")
-        before = runner.runs
-        scheduler.reconcile_now(name)
         if not wait:
+            scheduler.reconcile_now(name)
             return {"requested": True}
-        deadline = time.monotonic() + 3600
-        while runner.runs <= before:  # waits on the event loop: no worker thread is held
-            if time.monotonic() > deadline:
-                raise HTTPException(504, "the reconcile did not finish within an hour")
-            await asyncio.sleep(0.05)
+        # waits on the event loop, woken by the runner when a run ends: no worker thread is held
+        loop, finished = asyncio.get_running_loop(), asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(finished.set)
+
+        runner.listeners.add(wake)
+        try:
+            before = runner.runs
+            scheduler.reconcile_now(name)
+            deadline = time.monotonic() + 3600
+            while runner.runs <= before:
+                try:
+                    await asyncio.wait_for(finished.wait(), timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise HTTPException(504, "the reconcile did not finish within an hour") from None
+                finished.clear()
+        finally:
+            runner.listeners.discard(wake)
         last = runner.reconciler.last
         return asdict(last) if last is not None else {}
 
