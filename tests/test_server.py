@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class FakeRunner:
     reconciler: FakeReconciler
     runs: int = 0
     finished: threading.Condition = field(default_factory=threading.Condition)
+    listeners: set[Callable[[], None]] = field(default_factory=set)
 
 
 class FakeScheduler:
@@ -60,6 +62,8 @@ class FakeScheduler:
             runner.reconciler.last = Run(name, "no-change")
             runner.runs += 1
             runner.finished.notify_all()
+        for listener in list(runner.listeners):
+            listener()
 
 
 def make_config(tmp_path: Path) -> Any:
