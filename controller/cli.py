@@ -212,6 +212,15 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # handled like Ctrl-C: finish what is in flight, record it, exit
 
 
+def _offline_status(reconciler: Any) -> dict[str, Any]:
+    """What the status API says of one deployment, read from the data directory, with its last plan."""
+    status: dict[str, Any] = {"deployment": reconciler.deployment.name, **reconciler.status()}
+    plan = reconciler.last_plan()
+    if plan is not None:
+        status["lastPlan"] = plan
+    return status
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from controller import daemon
     from controller.config import load
@@ -225,7 +234,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         rows = (
             remote("GET", "/api/v1/deployments")
             if remote is not None
-            else [Reconciler(config, d).status() or {"deployment": d.name} for d in config.deployments.values()]
+            else [_offline_status(Reconciler(config, d)) for d in config.deployments.values()]
         )
         if args.json:
             print(json.dumps(rows, indent=2, sort_keys=True))

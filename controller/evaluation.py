@@ -32,6 +32,7 @@ from controller.nix_repl import NeedsStore, NixRepl, ReplUnavailable
 from controller.processes import CommandFailed, run
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
+PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*(?:\.[A-Za-z_][A-Za-z0-9_'-]*)*$")  # a dotted path of names
 _MARK = "trace: nixgitops:"
 MARKERS = {  # what the harness puts in place of values JSON cannot carry exactly, and what to tell the user
     "__nixgitopsFunction": "is a function. Inputs are sent to the provider as JSON, so they may hold only strings,"
@@ -126,6 +127,7 @@ class NixEvaluator:
         self.log = log
         self.nix_instantiate = nix_instantiate
         self.passes = 0
+        self._checked_types: set[str] = set()  # resource types already found served by a declared provider
         self._persistent = False  # within session(): selective passes go to one `nix repl` ...
         self._repl: NixRepl | None = None  # ... started at the first of them
 
@@ -190,6 +192,7 @@ class NixEvaluator:
             if found != wanted:
                 raise DeploymentError(f"`{key}` in {self.where} must be an attribute set, not a {found}.")
         providers = self._providers(answer.get("providers", {}))
+        self._checked_types = set()
         resources: dict[str, DesiredResource] = {}
         for item in answer.get("resources", []):
             desired = self._resource(item, providers, traces.blocked.get(item["p"], {}), answer.get("markers", True))
@@ -299,6 +302,8 @@ class NixEvaluator:
     ) -> DesiredResource:
         path: str = item["p"]
         where = f"member {path!r} in {self.where}"
+        if item["k"] == "resource" and item.get("t") in self._checked_types and PATH.match(path):
+            return self._inputs(item, where, blocked, markers)  # the common case, checked quickly
         for part in [item["n"]] if item.get("n") else path.split("."):
             if not NAME.match(part):
                 raise DeploymentError(
@@ -337,11 +342,25 @@ class NixEvaluator:
                 f"{where}: provider {provider!r} has no resource type {name!r}; it serves"
                 f" {', '.join(sorted(providers[provider].resource_types))}."
             )
+        self._checked_types.add(rtype)
+        return self._inputs(item, where, blocked, markers)
+
+    def _inputs(
+        self, item: Mapping[str, Any], where: str, blocked: Mapping[str, set[str]], markers: bool
+    ) -> DesiredResource:
+        path, rtype = item["p"], item["t"]
         if item["l"] != "set":
             raise DeploymentError(f"{where}: `lifecycle` must be an attribute set, not a {item['l']}.")
         if not isinstance(item["d"], bool):
             raise DeploymentError(f"{where}: lifecycle.preventDestroy must be true or false.")
         fields = item["i"]
+        if item.get("a"):  # every input evaluated: the inputs themselves
+            if markers:
+                for marker, why in MARKERS.items():
+                    bad = _marker_in(fields, marker)
+                    if bad is not None:
+                        raise DeploymentError(f"{where}: input {'.'.join(bad)!r} {why}")
+            return DesiredResource(path, rtype, fields, True, frozenset(), item["d"])
         if fields is None:
             blockers = frozenset(blocked.get("*", set()))
             return DesiredResource(path, rtype, {}, False, blockers, item["d"])

@@ -110,10 +110,14 @@ def plan_json(
     deployment: str,
     source_commit: str | None,
     dependencies: Mapping[str, frozenset[str]],
+    unchanged: bool = True,
 ) -> dict[str, Any]:
-    """The plan as one JSON object for machines (``nixgitops plan --json``)."""
+    """The plan as one JSON object for machines (``nixgitops plan --json``); without ``unchanged``, the resources
+    that do not change are only counted in the summary."""
     changes = []
     for change in plan.changes:
+        if not unchanged and change.action is Action.NOOP:
+            continue
         deps = dependencies.get(change.path)
         if deps is None and change.before is not None:
             deps = frozenset(change.before.dependencies)

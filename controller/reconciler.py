@@ -105,6 +105,7 @@ class Reconciler:
             else data / "git" / f"{deployment.name}.state"
         )
         self.status_path = data / "status" / f"{deployment.name}.json"
+        self.plan_path = data / "status" / f"{deployment.name}.plan.json"
         self.journal = data / "journal" / f"{deployment.name}.journal"
         self.checkouts = data / "checkouts" / deployment.name
         self.workdir = data / "work" / deployment.name  # providers' working directory: stable across commits
@@ -170,8 +171,23 @@ class Reconciler:
         except (OSError, ValueError):
             return {}
 
+    def last_plan(self) -> dict[str, Any] | None:
+        """The plan of the last run that got as far as planning (the changes only; unchanged ones are counted)."""
+        try:
+            data = json.loads(self.plan_path.read_text())
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
     def _write_status(self, record: Run, extra: dict[str, Any]) -> None:
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        plan = extra.pop("lastPlan", None)
+        if plan is not None:  # a file of its own, written compactly: it grows with the deployment
+            tmp = self.plan_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(plan, separators=(",", ":")))
+            os.replace(tmp, self.plan_path)
         status = self.status()
+        status.pop("lastPlan", None)  # kept here by earlier versions
         status.update(
             deployment=self.deployment.name,
             repository=redact(self.deployment.repository),
@@ -184,7 +200,6 @@ class Reconciler:
         )
         if record.source_commit:
             status["sourceCommit"] = record.source_commit
-        self.status_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
         os.replace(tmp, self.status_path)
@@ -341,7 +356,9 @@ class Reconciler:
         self._timed(record, "evaluate", started)  # evaluation passes and the (pure, quick) planning
         self.failed_evaluation = None
         plan: Plan = planned.plan if d.prune else without_deletes(planned.plan)
-        extra["lastPlan"] = plan_json(plan, deployment=d.name, source_commit=head, dependencies=planned.dependencies)
+        extra["lastPlan"] = plan_json(
+            plan, deployment=d.name, source_commit=head, dependencies=planned.dependencies, unchanged=False
+        )
         record.counts = plan.counts()
         self._plan_counts = dict(record.counts)
         if d.apply == "plan-only":

@@ -136,7 +136,6 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
     def status(name: str) -> dict[str, Any]:
         r = reconciler(name)
         data = r.status()
-        data.pop("lastPlan", None)
         data.setdefault("deployment", name)
         data["suspended"] = r.suspended
         data["stalled"] = r.stalled()
@@ -155,7 +154,7 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
     @app.get("/api/v1/deployments/{name}/plan", summary="The last plan")
     def plan(name: Name, request: Request) -> dict[str, Any]:
         authorised(request)
-        last = reconciler(name).status().get("lastPlan")
+        last = reconciler(name).last_plan()
         if last is None:
             raise HTTPException(404, f"no plan recorded yet for {name!r}")
         return dict(last)

@@ -11,11 +11,13 @@ One commit per run that changed anything; its message names the source commit an
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,21 @@ from controller.model import ResourceState
 
 DEFAULT_BRANCH = "nixgitops/state"
 DEFAULT_IDENTITY = ("nixgitops", "nixgitops@localhost")
+
+
+# The states loaded last, by (repository, deployment, resources tree id): records are immutable and a tree id
+# names its content, so an entry is never stale. Bounded by the number of records kept.
+_LOADED: collections.OrderedDict[tuple[str, str, str], dict[str, ResourceState]] = collections.OrderedDict()
+_LOADED_MAX_RECORDS = 50_000
+_loaded_lock = threading.Lock()
+
+
+def _remember(key: tuple[str, str, str], state: dict[str, ResourceState]) -> None:
+    with _loaded_lock:
+        _LOADED[key] = state
+        _LOADED.move_to_end(key)
+        while len(_LOADED) > 1 and sum(len(s) for s in _LOADED.values()) > _LOADED_MAX_RECORDS:
+            _LOADED.popitem(last=False)
 
 
 def dump(data: Any) -> bytes:
@@ -138,6 +155,16 @@ class StateBranch:
         _, _, resources = self._trees()
         if resources is None:
             return {}
+        key = (self.repo.path, self.deployment, str(resources.id))
+        with _loaded_lock:
+            if key in _LOADED:
+                _LOADED.move_to_end(key)
+                return dict(_LOADED[key])
+        state = self._load(resources)
+        _remember(key, state)
+        return dict(state)
+
+    def _load(self, resources: pygit2.Tree) -> dict[str, ResourceState]:
         cached = self._cache_dir() / f"{resources.id}.json"
         try:
             records = json.loads(cached.read_bytes())
@@ -211,8 +238,10 @@ class StateBranch:
         if len(builder):
             resources_id = builder.write()
             dep_builder.insert("resources", resources_id, FileMode.TREE)
-            if state is not None:
-                self._write_cache(self._cache_dir() / f"{resources_id}.json", [r.to_json() for r in state.values()])
+            cached = self._cache_dir() / f"{resources_id}.json"
+            if state is not None and (resources is None or resources_id != resources.id or not cached.exists()):
+                self._write_cache(cached, [r.to_json() for r in state.values()])
+                _remember((self.repo.path, self.deployment, str(resources_id)), dict(state))
         elif dep_builder.get("resources") is not None:
             dep_builder.remove("resources")
         dep_builder.insert("deployment.json", self.repo.create_blob(dump(dict(meta))), FileMode.BLOB)

@@ -91,6 +91,8 @@ def test_reconcile_applies_and_pushes_state(tmp_path: Path, server: GitServer, d
     status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]
     assert status["sourceCommit"] == second
     assert set(status["lastRun"]["phases"]) >= {"fetch", "evaluate", "apply", "commit"}
+    # the recorded plan lists what changes; unchanged resources are only counted
+    assert status["lastPlan"]["changes"] == [] and status["lastPlan"]["summary"]["noop"] == 2
 
 
 def test_daemon_applies_each_push(tmp_path: Path, server: GitServer, dev: Developer) -> None:

@@ -37,6 +37,9 @@ class FakeReconciler:
     def stalled(self) -> str | None:
         return None
 
+    def last_plan(self) -> dict[str, Any] | None:
+        return None
+
     def resources(self) -> list[dict[str, Any]]:
         return []
 

@@ -118,3 +118,22 @@ def test_loads_are_cached_by_tree_id(repo: pygit2.Repository) -> None:
     second = [p.name for p in cache.glob("*.json")]
     assert len(second) == 1 and second != first
     assert store.load() == {"a": resource("a"), "b": resource("b")}
+
+
+def test_loads_are_kept_in_memory_and_callers_get_their_own_copy(repo: pygit2.Repository) -> None:
+    store = StateBranch(repo)
+    store.commit(upserts={"a": resource("a")}, deletes=(), meta={}, message="1")
+    first = store.load()
+    first["intruder"] = resource("intruder")  # a caller changing its copy changes nobody else's
+    cache = Path(repo.path) / "nixgitops" / "state-cache" / "default"
+    for file in cache.glob("*.json"):
+        file.unlink()  # the disk cache gone: the memory of this tree still answers
+    again = StateBranch(repo).load()
+    assert again == {"a": resource("a")}
+    store.commit(upserts={"b": resource("b")}, deletes=(), meta={}, message="2", state=again | {"b": resource("b")})
+    (written,) = cache.glob("*.json")
+    stamp = written.stat().st_mtime_ns
+    # a meta-only commit keeps the resources tree: its cache is not written again, the state is the same
+    store.commit(upserts={}, deletes=(), meta={"run": 3}, message="3", state=store.load())
+    assert [p.stat().st_mtime_ns for p in cache.glob("*.json")] == [stamp]
+    assert store.load() == {"a": resource("a"), "b": resource("b")}

@@ -84,7 +84,8 @@ let
   # Make a value JSON-representable without copying anything into the Nix store: paths become their
   # absolute path strings, functions become a marker the caller reports as an error.
   jsonable = v:
-    if builtins.isFunction v then { __nixgitopsFunction = true; }
+    if builtins.isString v then v
+    else if builtins.isFunction v then { __nixgitopsFunction = true; }
     else if builtins.isPath v then toString v
     else if builtins.isAttrs v then (if v ? __toString || v ? outPath then toString v else builtins.mapAttrs (_: jsonable) v)
     else if builtins.isList v then map jsonable v
@@ -116,10 +117,17 @@ let
       rawInputs = decl.inputs or { };
       shape = builtins.tryEval (builtins.isAttrs rawInputs);
       lifecycle = decl.lifecycle or { };
+      # Fast path: all inputs at once, with one tryEval. Only when that fails, field by field, after the marker
+      # that attributes what follows to this resource (markers printed by the failed attempt come before it,
+      # and the caller drops them).
+      whole = builtins.tryEval (let j = jsonable rawInputs; in builtins.deepSeq j j);
       fields =
-        if !shape.success then builtins.trace "nixgitops:blocked *" null
+        if !shape.success then
+          builtins.trace "nixgitops:eval ${path}"
+            (builtins.seq (builtins.tryEval (builtins.isAttrs rawInputs)) (builtins.trace "nixgitops:blocked *" null))
         else if !shape.value then "<${builtins.typeOf rawInputs}>"
-        else builtins.mapAttrs (evalField rawInputs) rawInputs;
+        else if whole.success then whole.value
+        else builtins.trace "nixgitops:eval ${path}" (builtins.mapAttrs (evalField rawInputs) rawInputs);
     in
     if kind != "resource" then { p = path; k = kind; n = entry.bad or null; }
     else {
@@ -127,6 +135,7 @@ let
       k = kind;
       t = type;
       i = fields;
+      a = shape.success && shape.value && whole.success; # `i` holds the inputs themselves, not field by field
       d = if builtins.isAttrs lifecycle then lifecycle.preventDestroy or false else false;
       l = builtins.typeOf lifecycle;
     };
@@ -137,7 +146,7 @@ let
     if args.select == null then entries
     else map (names: { path = builtins.concatStringsSep "." names; names = names; decl = lookup result names; }) args.select;
 
-  evalEntry = e: builtins.trace "nixgitops:eval ${e.path}" (let d = describe e; in builtins.deepSeq d d);
+  evalEntry = e: let d = describe e; in builtins.deepSeq d d;
 
   # The dependency probe calls the deployment function a second time, with every output unknown, and
   # forces each node of the probed resources' inputs on its own, so each node reports the first resource
