@@ -43,6 +43,7 @@ from controller.errors import EvaluationError
 from controller.model import KnownOutputs
 from controller.processes import spawn
 
+INITIAL_HEAP = 32 * 1024 * 1024
 RESULT = "trace: nixgitops:result "
 END = "trace: nixgitops:end "
 
@@ -73,7 +74,7 @@ class NixRepl:
         if show_trace:
             argv.append("--show-trace")
         try:
-            self.proc = spawn(argv, cwd=cwd, stdout=False)
+            self.proc = spawn(argv, cwd=cwd, stdout=False, env=_environment())
         except OSError as exc:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise ReplUnavailable(f"cannot start `nix repl`: {exc.strerror}") from None
@@ -173,6 +174,14 @@ class NixRepl:
         self._pump_thread.join(timeout=5)
         self.proc.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _environment() -> dict[str, str]:
+    """Nix sizes its collector's first heap at a quarter of the RAM, up to 384 MiB, and only collects when that is
+    full; a repl that lives for a whole apply would hold all of it. A small first heap makes it collect early."""
+    env = dict(os.environ)
+    env.setdefault("GC_INITIAL_HEAP_SIZE", str(INITIAL_HEAP))
+    return env
 
 
 def _nix_string(text: str) -> str:
