@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller import protocol
+from controller import failpoints, protocol
 from controller.errors import NixgitopsError, ProviderError
 from controller.evaluation import Evaluation
 from controller.graph import closure, describe_cycle, find_cycle
@@ -114,6 +114,7 @@ class Executor:
                         "pid": pid,
                     }
                 )
+            failpoints.hit("provider-request")
 
         try:
             body = self.providers.call(provider, message, what=what, before_send=before_send)
@@ -121,6 +122,7 @@ class Executor:
             if journal is not None and op is not None and not exc.fatal:
                 journal.failed(op)  # refused: nothing happened that state must remember
             raise
+        failpoints.hit("provider-response")
         if journal is not None and op is not None:
             done = replace(record, outputs=dict(body["outputProperties"])) if record is not None else None
             journal.result(op, done.to_json() if done is not None else None, path)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import pygit2
 
-from controller import planning
+from controller import failpoints, planning
 from controller.apply import Event, Executor, Outcome, now
 from controller.errors import DeploymentError, NixgitopsError
 from controller.evaluation import Evaluation, NixEvaluator
@@ -277,6 +277,7 @@ class Engine:
             started = time.monotonic()
             commit = self.commit(planned.state, executor.state, executor.outcomes)
             seconds = time.monotonic() - started
+            failpoints.hit("journal-clear")
             journal.clear(keep=journal.unresolved())
             journal.close()
         return RunResult(executor.outcomes, commit, _counts(executor.outcomes), seconds)

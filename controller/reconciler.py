@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller import failpoints
 from controller.apply import Event
 from controller.config import Config, DeploymentConfig
 from controller.drift import detect
@@ -442,6 +443,7 @@ class Reconciler:
         if local is None or local == pushed:
             return
         started = time.monotonic()
+        failpoints.hit("push")
         refused = self.state_cache.push(d.state_url, local, self._state_ref, pushed)
         self._timed(record, "push", started)
         if refused is not None:
@@ -451,6 +453,7 @@ class Reconciler:
             )
             self._flag(self.stall_flag, message)
             raise Stop("conflict", message)
+        failpoints.hit("pushed")
         self.state_cache.repo.references.create(self._pushed_ref, local, force=True)
 
     def _check_history(self, head: str) -> None:

@@ -3,7 +3,8 @@
 Layout of the state branch (default ``nixgitops/state``)::
 
     <deployment>/deployment.json              last applied source commit, last run summary
-    <deployment>/resources/<path>.json        one blob per resource: type, inputs, outputs, dependencies, ...
+    <deployment>/resources/<xx>/<path>.json   one blob per resource: type, inputs, outputs, dependencies, ...
+                                              (<xx>: the first two hex digits of the SHA-1 of <path>)
 
 One commit per run that changed anything; its message names the source commit and the counts, with a
 ``Source-Commit:`` trailer. The branch ref moves only from the commit we read to the one we write.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from typing import Any
 import pygit2
 from pygit2.enums import FileMode
 
+from controller import failpoints
 from controller.errors import StateError
 from controller.model import ResourceState
 
@@ -45,6 +48,26 @@ def _remember(key: tuple[str, str, str], state: dict[str, ResourceState]) -> Non
         _LOADED.move_to_end(key)
         while len(_LOADED) > 1 and sum(len(s) for s in _LOADED.values()) > _LOADED_MAX_RECORDS:
             _LOADED.popitem(last=False)
+
+
+def record_location(path: str) -> tuple[str, str]:
+    """Where the record of resource ``path`` lives under ``resources/``: in one of 256 directories named by the
+    first two hex digits of the SHA-1 of the path, as ``<path>.json``. Each tree stays small, so recording one
+    change costs the same in a deployment of 10 resources as in one of 10,000."""
+    return hashlib.sha1(path.encode()).hexdigest()[:2], f"{path}.json"
+
+
+def _records(resources: pygit2.Tree) -> Iterator[tuple[str, pygit2.Object]]:
+    """Every record blob under a resources tree, with where it is: in the buckets, and at the top level (the flat
+    layout of earlier versions, moved into the buckets by the next commit)."""
+    for entry in resources:
+        name = entry.name or ""
+        if isinstance(entry, pygit2.Tree):
+            for inner in entry:
+                if (inner.name or "").endswith(".json"):
+                    yield f"{name}/{inner.name}", inner
+        elif name.endswith(".json"):
+            yield name, entry
 
 
 def dump(data: Any) -> bytes:
@@ -172,17 +195,14 @@ class StateBranch:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         state: dict[str, ResourceState] = {}
-        for entry in resources:
-            name = entry.name or ""
-            if not name.endswith(".json"):
-                continue
+        for where, entry in _records(resources):
             blob = self.repo[entry.id]
             try:
                 data = json.loads(blob.data)  # type: ignore[attr-defined]
                 resource = ResourceState.from_json(data)
             except (ValueError, KeyError, TypeError) as exc:
                 raise StateError(
-                    f"{self.deployment}/resources/{name} on the state branch {self.branch!r} is not a valid"
+                    f"{self.deployment}/resources/{where} on the state branch {self.branch!r} is not a valid"
                     f" resource record ({exc}). Repair or revert that commit of the state branch."
                 ) from None
             state[resource.path] = resource
@@ -229,11 +249,34 @@ class StateBranch:
         tip = self.tip()
         root, dep, resources = self._trees()
         builder = self.repo.TreeBuilder(resources) if resources is not None else self.repo.TreeBuilder()
+        buckets: dict[str, pygit2.TreeBuilder] = {}
+
+        def bucket(name: str) -> pygit2.TreeBuilder:
+            if name not in buckets:
+                found = builder.get(name)
+                buckets[name] = (
+                    self.repo.TreeBuilder(found) if isinstance(found, pygit2.Tree) else self.repo.TreeBuilder()
+                )
+            return buckets[name]
+
+        for entry in list(resources or ()):  # records of the flat layout move into their buckets
+            flat = entry.name or ""
+            if isinstance(entry, pygit2.Blob) and flat.endswith(".json"):
+                builder.remove(flat)
+                directory, name = record_location(flat.removesuffix(".json"))
+                bucket(directory).insert(name, entry.id, FileMode.BLOB)
         for path, resource in upserts.items():
-            builder.insert(f"{path}.json", self.repo.create_blob(dump(resource.to_json())), FileMode.BLOB)
+            directory, name = record_location(path)
+            bucket(directory).insert(name, self.repo.create_blob(dump(resource.to_json())), FileMode.BLOB)
         for path in deletes:
-            if builder.get(f"{path}.json") is not None:
-                builder.remove(f"{path}.json")
+            directory, name = record_location(path)
+            if bucket(directory).get(name) is not None:
+                bucket(directory).remove(name)
+        for directory, sub in buckets.items():
+            if len(sub):
+                builder.insert(directory, sub.write(), FileMode.TREE)
+            elif builder.get(directory) is not None:
+                builder.remove(directory)
         dep_builder = self.repo.TreeBuilder(dep) if dep is not None else self.repo.TreeBuilder()
         if len(builder):
             resources_id = builder.write()
@@ -258,6 +301,7 @@ class StateBranch:
             )
         signature = pygit2.Signature(*self.identity)
         parents = [tip.id] if tip is not None else []
+        failpoints.hit("state-commit")
         try:
             oid = self.repo.create_commit(self.ref, signature, signature, message, tree, parents)
         except pygit2.GitError as exc:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from conftest import Checkout, assert_clean_error, git
 
+from controller.state_branch import record_location
+
 CHAIN = """
 { members, providers, ... }:
 {
@@ -204,7 +206,9 @@ def test_options_dir_file_and_state_branch(checkout: Checkout, tmp_path: Path) -
     checkout.commit()
     done = checkout.run("apply", "--yes", "--dir", "deploy", "--file", "prod.nix", "--state-branch", "ops/state")
     assert done.returncode == 0, done.stderr
-    assert "default/resources/a.json" in git(checkout.path, "ls-tree", "-r", "--name-only", "ops/state")
+    assert "default/resources/{}/{}".format(*record_location("a")) in git(
+        checkout.path, "ls-tree", "-r", "--name-only", "ops/state"
+    )
 
 
 def test_a_second_apply_waits_for_the_lock(checkout: Checkout) -> None:

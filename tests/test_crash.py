@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from conftest import ROOT, Checkout
+from ledger_world import World
 
 LEDGER = ROOT / "tests" / "providers" / "ledger.sh"
 KILLS = 30
@@ -74,58 +75,26 @@ def test_kill_9_at_random_points_then_finish(checkout: Checkout, tmp_path: Path)
 
 def test_kill_9_during_reconciles_then_restart(tmp_path: Path) -> None:
     """The controller's own path: fetch, apply, state commit and push, killed when the journal has grown."""
-    from conftest import git
-
-    objects = tmp_path / "objects"
-    objects.mkdir()
-    remote = tmp_path / "remote.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
-    work = tmp_path / "work"
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    # The provider lives in the repository, so recovery must find it even after a newer commit arrives.
-    (work / "ledger.sh").write_bytes(LEDGER.read_bytes())
-    (work / "ledger.sh").chmod(0o755)
-    (work / "deployment.nix").write_text(deployment(objects).replace(f'"{LEDGER}"', "./ledger.sh"))
-    git(work, "add", "-A")
-    git(work, "commit", "-qm", "entries")
-    git(work, "push", "-q", str(remote), "main")
-    config = tmp_path / "nixgitops.toml"
-    config.write_text(f'[controller]\ndata_dir = "{tmp_path / "data"}"\n[deployments.web]\nrepository = "{remote}"\n')
-    journal = tmp_path / "data" / "journal" / "web.journal"
+    world = World.create(tmp_path)
     rng = random.Random(7)
     kills = 0
     for _ in range(20):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "reconcile", "web", "--config", str(config)],
+            [sys.executable, "-m", "controller", "reconcile", "web", "--config", str(world.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         lines = rng.randint(1, 12)  # kill once the journal holds this many lines: a point of the run, not a time
         while proc.poll() is None:
-            if journal.exists() and journal.read_text().count("\n") >= lines:
+            if world.journal.exists() and world.journal.read_text().count("\n") >= lines:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
                 break
             threading.Event().wait(0.005)
         proc.wait(timeout=60)
-    (work / "deployment.nix").write_text((work / "deployment.nix").read_text() + "# a newer commit\n")
-    git(work, "commit", "-qam", "newer")
-    git(work, "push", "-q", str(remote), "main")
-    final = subprocess.run(
-        [sys.executable, "-m", "controller", "reconcile", "web", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    world.push_newer()
+    final = world.reconcile()
     assert final.returncode == 0, final.stdout + final.stderr
-    files = {p.name: p.read_text() for p in objects.iterdir() if p.name != "LEDGER" and not p.name.startswith(".")}
-    created = [line.split()[0] for line in (objects / "LEDGER").read_text().splitlines()]
-    assert sorted(created) == sorted(files) and len(files) == 30, "each object was created exactly once"
-    pushed = git(remote, "ls-tree", "-r", "--name-only", "nixgitops/state")
-    assert {f"web/resources/{name}.json" for name in files} <= set(pushed.split())
-    for name, ident in files.items():
-        record = json.loads(git(remote, "show", f"nixgitops/state:web/resources/{name}.json"))
-        assert record["outputs"] == {"id": ident}
+    assert world.books() == []
     print(json.dumps({"reconcile_kills": kills}))
     assert kills >= 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pygit2
@@ -10,7 +11,7 @@ from conftest import git
 
 from controller.errors import StateError
 from controller.model import ResourceState
-from controller.state_branch import StateBranch, open_repository, source_commit
+from controller.state_branch import StateBranch, open_repository, record_location, source_commit
 
 
 @pytest.fixture
@@ -36,7 +37,9 @@ def test_round_trip_one_blob_per_resource(repo: pygit2.Repository, tmp_path: Pat
     assert store.load() == {"a": resource("a"), "b.c": resource("b.c", 2)}
     assert store.load_meta() == {"x": 1}
     files = git(tmp_path, "ls-tree", "-r", "--name-only", "nixgitops/state").split()
-    assert files == ["web/deployment.json", "web/resources/a.json", "web/resources/b.c.json"]
+    assert files == sorted(
+        ["web/deployment.json", *("web/resources/{}/{}".format(*record_location(p)) for p in ("a", "b.c"))]
+    )
     assert git(tmp_path, "log", "-1", "--format=%an <%ae>|%s", "nixgitops/state").strip() == (
         "nixgitops <nixgitops@localhost>|first"
     )
@@ -137,3 +140,23 @@ def test_loads_are_kept_in_memory_and_callers_get_their_own_copy(repo: pygit2.Re
     store.commit(upserts={}, deletes=(), meta={"run": 3}, message="3", state=store.load())
     assert [p.stat().st_mtime_ns for p in cache.glob("*.json")] == [stamp]
     assert store.load() == {"a": resource("a"), "b": resource("b")}
+
+
+def test_records_of_the_flat_layout_are_read_and_moved_into_buckets(repo: pygit2.Repository) -> None:
+    """State written by earlier versions (resources/<path>.json) is read, and the next commit moves it."""
+    flat = repo.TreeBuilder()
+    for path in ("a", "b.c"):
+        blob = repo.create_blob(json.dumps(resource(path).to_json()).encode())
+        flat.insert(f"{path}.json", blob, pygit2.enums.FileMode.BLOB)
+    dep = repo.TreeBuilder()
+    dep.insert("resources", flat.write(), pygit2.enums.FileMode.TREE)
+    root = repo.TreeBuilder()
+    root.insert("default", dep.write(), pygit2.enums.FileMode.TREE)
+    sig = pygit2.Signature("t", "t@t")
+    repo.create_commit("refs/heads/nixgitops/state", sig, sig, "old layout", root.write(), [])
+    store = StateBranch(repo)
+    assert store.load() == {"a": resource("a"), "b.c": resource("b.c")}
+    store.commit(upserts={"d": resource("d")}, deletes=("a",), meta={}, message="new layout")
+    assert store.load() == {"b.c": resource("b.c"), "d": resource("d")}
+    tree = store.tip().tree["default"]["resources"]  # type: ignore[union-attr]
+    assert all(isinstance(entry, pygit2.Tree) and len(entry.name or "") == 2 for entry in tree)
