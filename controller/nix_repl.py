@@ -66,6 +66,8 @@ class NixRepl:
         self._known_dir.mkdir()
         self._files = 0
         self._requests = 0
+        self._called = False  # whether __c holds the deployment's value for the current known outputs
+        self._seen: set[str] = set()  # the paths whose outputs the repl has been given
         self._known: KnownOutputs | None = None  # the instance whose changes the repl has seen ...
         self._cursor = 0  # ... up to this index of its change log
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -131,6 +133,9 @@ class NixRepl:
             self._cursor += len(changed)
             for path in dict.fromkeys(changed):
                 outputs = known.get(path)
+                if path in self._seen:  # changed or dropped: the old value may have been read; call afresh
+                    self._called = False
+                self._seen.add(path)
                 (self._known_dir / f"{path}.json").write_text(json.dumps(outputs, separators=(",", ":")))
             return []
         shutil.rmtree(self._known_dir, ignore_errors=True)
@@ -140,6 +145,8 @@ class NixRepl:
             snapshot: Mapping[str, Any] = known.snapshot()
         else:
             self._known, snapshot = None, known
+        self._called = False
+        self._seen = set(snapshot)
         return [f"__k = builtins.fromJSON (builtins.readFile {self._file(dict(snapshot))})"]
 
     def evaluate(self, args: Mapping[str, Any], known: Mapping[str, Mapping[str, Any]]) -> tuple[str, list[str]]:
@@ -147,15 +154,17 @@ class NixRepl:
         printed (the harness's markers). Raises EvaluationError with Nix's message when evaluation fails."""
         sync = self._sync_known(known)
         where = _nix_string(str(self._known_dir))
-        call = f"__h {{ argsFile = {self._file(dict(args))}; knownOutputs = __k; knownDir = {where}; }}"
+        argv = f"argsFile = {self._file(dict(args))}; knownOutputs = __k; knownDir = {where};"
+        if not self._called:  # the deployment is called once per session (see the harness), here
+            sync.append(f"__c = __h {{ {argv} exposeCall = true; }}")
+            self._called = True
+        call = f"__h {{ {argv} called = __c; }}"
         self._send(*sync, f'builtins.trace ("nixgitops:result " + builtins.toJSON ({call})) null')
         lines = self._answer()
         for i, line in enumerate(lines):
             if line.startswith(RESULT):
                 return line[len(RESULT) :], lines[:i] + lines[i + 1 :]
         text = "\n".join(lines)
-        if sync:  # the known outputs may not have reached the repl: send them all again next time
-            self._known = None
         for line in lines:
             if "is not supported by store" in line:
                 raise NeedsStore(line.strip())

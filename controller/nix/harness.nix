@@ -11,14 +11,15 @@
 #               Nix reports a user's own `throw` or `assert` with its message and location
 # A persistent evaluator (controller/nix_repl.py) passes the known outputs as knownOutputs instead, a value
 # it keeps for the whole session, and knownDir, a directory where it writes <path>.json for each output that
-# became known since (null: no longer known); files there take precedence.
+# became known since (null: no longer known); files there take precedence. With exposeCall it returns the
+# deployment's value itself, which it passes back as `called` to every later pass of the session.
 #
 # Markers on stderr (through builtins.trace) let the caller attribute reads to readers:
 #   nixgitops:eval P      evaluation of resource P starts
 #   nixgitops:unknown Q   an unknown output of Q was read (a throw, so every reader re-triggers it)
 #   nixgitops:blocked F   the field F of the resource being evaluated failed ("*": its whole inputs)
 #   nixgitops:probe P     dependency probe of resource P starts (all outputs unknown in the probe)
-{ argsFile, knownOutputs ? null, knownDir ? null }:
+{ argsFile, knownOutputs ? null, knownDir ? null, called ? null, exposeCall ? false }:
 let
   args = builtins.fromJSON (builtins.readFile argsFile);
   known = if knownOutputs != null then knownOutputs else args.known;
@@ -58,7 +59,9 @@ let
     in
     result;
 
-  result = call knownOrUnknown;
+  # With knownDir, outputs are read when forced, so one call can serve a whole session: a field that read an
+  # unknown output threw, and Nix forgets a thunk that threw, so the next pass evaluates it again.
+  result = if called != null then called else call knownOrUnknown;
   declared = if builtins.isAttrs (result.providers or { }) then result.providers or { } else { };
 
   providerTypes =
@@ -179,7 +182,8 @@ let
     let decl = lookup result args.focus.path; in
     let j = jsonable (decl.inputs or { }); in builtins.deepSeq j j;
 in
-if args.focus != null then focused
+if exposeCall then result
+else if args.focus != null then focused
 else {
   shape = {
     members = builtins.typeOf topMembers;
