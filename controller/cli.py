@@ -19,6 +19,7 @@ from controller import __version__
 from controller.apply import Event
 from controller.engine import Engine, Planned, RunResult, Settings
 from controller.errors import NixgitopsError, UserError
+from controller.model import EvalLimits
 from controller.plan_render import plan_json, render_plan
 from controller.planning import Action
 
@@ -38,6 +39,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, default=Path("."), help="directory of the deployment (default: .)")
@@ -46,6 +54,18 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--state-branch", default="nixgitops/state", help="branch that holds the state")
     common.add_argument("--show-trace", action="store_true", help="pass --show-trace to Nix")
     common.add_argument("-q", "--quiet", action="store_true", help="do not forward provider and Nix logs")
+    common.add_argument(
+        "--eval-timeout", type=_positive_float, default=300.0, help="seconds one Nix evaluation may take (300)"
+    )
+    common.add_argument("--eval-memory", type=_positive, default=2048, help="MiB one Nix evaluation may use (2048)")
+    common.add_argument(
+        "--no-restrict-eval",
+        action="store_true",
+        help="let the deployment read files outside its repository, fetch and use the environment",
+    )
+    common.add_argument(
+        "--allow-path", type=Path, action="append", default=[], help="a path outside the repository it may read"
+    )
 
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument("--parallelism", type=_positive, default=8, help="operations at once (default 8)")
@@ -95,6 +115,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         parallelism=getattr(args, "parallelism", 8),
         provider_timeout=getattr(args, "provider_timeout", 300.0),
         show_trace=args.show_trace,
+        evaluation=EvalLimits(
+            timeout=args.eval_timeout,
+            memory=args.eval_memory * 1024**2,
+            restrict=not args.no_restrict_eval,
+            allowed_paths=tuple(str(p.resolve()) for p in args.allow_path),
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import UserError
+from controller.model import EvalLimits
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -53,6 +54,7 @@ class DeploymentConfig:
     provider_timeout: float = 300.0
     verify: Verification | None = None
     drift_interval: float | None = 600.0
+    evaluation: EvalLimits = field(default_factory=EvalLimits)
 
     @property
     def state_url(self) -> str:
@@ -106,6 +108,18 @@ def duration(value: Any, where: str) -> float:
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
+SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def size(value: Any, where: str) -> int:
+    """A number of bytes written as a whole number or with a unit: "512MiB", "2GiB"."""
+    match = SIZE.match(str(value)) if isinstance(value, int | str) and not isinstance(value, bool) else None
+    if match is None or int(match.group(1)) <= 0:
+        raise ConfigError(f'{where} must be a size such as "512MiB" or "2GiB", not {value!r}.')
+    return int(match.group(1)) * SIZE_UNITS[match.group(2)]
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
     found = {}
     for key, value in environ.items():
@@ -114,7 +128,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
     return found
 
 
-BOOLEAN_KEYS = {"prune", "allow_rewind", "suspend"}
+BOOLEAN_KEYS = {"prune", "allow_rewind", "suspend", "restrict_eval"}
 INTEGER_KEYS = {"parallelism"}
 
 
@@ -256,6 +270,10 @@ KEYS = {
     "provider_timeout",
     "verify",
     "drift_interval",
+    "evaluation_timeout",
+    "evaluation_memory",
+    "restrict_eval",
+    "allowed_paths",
 }
 
 
@@ -308,6 +326,17 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         if not isinstance(value, str) or not Path(value).exists():
             raise ConfigError(f"{where(prefix + '.verify.' + key)}: {value!r} does not exist.")
         verify = Verification(**{key: Path(value)})
+    allowed = table.get("allowed_paths", [])
+    if isinstance(allowed, str):  # from the environment: separated by ':'
+        allowed = [p for p in allowed.split(":") if p]
+    if not isinstance(allowed, list) or not all(isinstance(p, str) and Path(p).is_absolute() for p in allowed):
+        raise ConfigError(f"{where(prefix + '.allowed_paths')} must be a list of absolute paths.")
+    evaluation = EvalLimits(
+        timeout=duration(table.get("evaluation_timeout", "5m"), where(prefix + ".evaluation_timeout")),
+        memory=size(table.get("evaluation_memory", "2GiB"), where(prefix + ".evaluation_memory")),
+        restrict=flag("restrict_eval", True),
+        allowed_paths=tuple(allowed),
+    )
     return DeploymentConfig(
         name=name,
         repository=repository,
@@ -329,6 +358,7 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
             if table.get("drift_interval") in ("off", False)
             else duration(table.get("drift_interval", "10m"), where(prefix + ".drift_interval"))
         ),
+        evaluation=evaluation,
     )
 
 

@@ -22,7 +22,7 @@ from controller.errors import DeploymentError, NixgitopsError
 from controller.evaluation import Evaluation, NixEvaluator
 from controller.graph import closure, describe_cycle, find_cycle, invert
 from controller.journal import Journal
-from controller.model import DesiredResource, ProviderSpec, ResourceState
+from controller.model import DesiredResource, EvalLimits, ProviderSpec, ResourceState
 from controller.planning import Action, Plan
 from controller.provider_client import Providers
 from controller.recovery import recover
@@ -133,6 +133,7 @@ class Settings:
     provider_timeout: float = 300.0
     show_trace: bool = False
     identity: tuple[str, str] = DEFAULT_IDENTITY
+    evaluation: EvalLimits = field(default_factory=EvalLimits)
 
 
 @dataclass
@@ -174,7 +175,10 @@ class Engine:
         dirty: bool = False,
         workdir: Path | None = None,
         log: Callable[[str], None] | None = None,
+        source_root: Path | None = None,
     ) -> None:
+        """``source_root``: the root of the source tree, which a restricted evaluation may read (default: the
+        entry file's directory)."""
         self.settings = settings
         self.workdir = workdir or entry_file.parent
         self.entry_file = entry_file
@@ -185,7 +189,14 @@ class Engine:
             repo, branch=settings.state_branch, deployment=settings.deployment, identity=settings.identity
         )
         self.journal_path = journal
-        self.evaluator = NixEvaluator(entry_file, source=source_commit, show_trace=settings.show_trace, log=log)
+        self.evaluator = NixEvaluator(
+            entry_file,
+            source=source_commit,
+            show_trace=settings.show_trace,
+            log=log,
+            limits=settings.evaluation,
+            root=source_root,
+        )
         self.log = log
 
     @classmethod
@@ -202,6 +213,7 @@ class Engine:
             journal=Path(repo.path) / "nixgitops" / f"{settings.deployment}.journal",
             dirty=has_uncommitted_changes(repo),
             log=log,
+            source_root=Path(repo.workdir) if repo.workdir else None,
         )
 
     def load_state(self) -> dict[str, ResourceState]:

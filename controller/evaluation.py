@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,10 +26,11 @@ from controller.model import (
     LOCAL_RESOURCE_TYPES,
     UNKNOWN,
     DesiredResource,
+    EvalLimits,
     KnownOutputs,
     ProviderSpec,
 )
-from controller.nix_repl import NeedsStore, NixRepl, ReplUnavailable
+from controller.nix_repl import NeedsStore, NixRepl, ReplTimeout, ReplUnavailable
 from controller.processes import CommandFailed, run
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
@@ -40,6 +42,41 @@ MARKERS = {  # what the harness puts in place of values JSON cannot carry exactl
     "__nixgitopsFloat": "is a floating-point number that Nix cannot write to JSON exactly (it keeps 6 significant"
     " digits). Write it as a string or an integer.",
 }
+
+
+def nix_options(limits: EvalLimits, roots: Iterable[Path]) -> list[str]:
+    """The command-line options that apply ``limits`` to a Nix evaluation that may read ``roots``."""
+    if not limits.restrict:
+        return []
+    options = ["--option", "restrict-eval", "true", "--option", "allowed-uris", ""]
+    options += ["--option", "allow-import-from-derivation", "false"]
+    for root in [*roots, harness_path().parent, *limits.allowed_paths]:
+        options += ["-I", str(root)]
+    return options
+
+
+def limited(argv: list[str], memory: int) -> list[str]:
+    """``argv`` run with its address space limited to ``memory`` bytes (through the shell's ulimit: no
+    pre-exec hook, which is unsafe in a threaded process)."""
+    return ["sh", "-c", 'ulimit -v "$0" && exec "$@"', str(max(1, memory // 1024)), *argv]
+
+
+def limit_error(text: str, limits: EvalLimits, where: str) -> EvaluationError | None:
+    """The error to give when Nix failed because it hit the memory limit (None when it did not)."""
+    if "out of memory" not in text and "std::bad_alloc" not in text:
+        return None
+    return EvaluationError(
+        f"Evaluating {where} ran out of memory: it may use at most {limits.memory // 1024**2} MiB"
+        " (evaluation_memory). Look for an evaluation that grows without end (a huge builtins.genList, a"
+        " recursion that builds lists), or raise the limit."
+    )
+
+
+def timeout_error(limits: EvalLimits, where: str) -> EvaluationError:
+    return EvaluationError(
+        f"Evaluating {where} did not finish within {limits.timeout:g} s (evaluation_timeout) and was stopped."
+        " Look for an evaluation that never ends (a recursion without a base case), or raise the limit."
+    )
 
 
 @dataclass(frozen=True)
@@ -120,8 +157,12 @@ class NixEvaluator:
         show_trace: bool = False,
         log: Callable[[str], None] | None = None,
         nix_instantiate: str = "nix-instantiate",
+        limits: EvalLimits | None = None,
+        root: Path | None = None,
     ) -> None:
         self.entry_file = entry_file.resolve()
+        self.limits = limits or EvalLimits()
+        self.root = (root or self.entry_file.parent).resolve()  # what the deployment may read, when restricted
         self.source = source
         self.show_trace = show_trace
         self.log = log
@@ -212,9 +253,10 @@ class NixEvaluator:
         known = args["known"]
         if isinstance(known, KnownOutputs):
             args = dict(args, known=known.snapshot())
-        fd, name = tempfile.mkstemp(prefix="nixgitops-eval-", suffix=".json")
+        private = tempfile.mkdtemp(prefix="nixgitops-eval-")  # readable by Nix in restricted mode, and only this
+        name = os.path.join(private, "args.json")
         try:
-            with os.fdopen(fd, "w") as f:
+            with open(name, "w") as f:
                 f.write(json.dumps(args, separators=(",", ":"), check_circular=False))
             argv = [
                 self.nix_instantiate,
@@ -224,34 +266,70 @@ class NixEvaluator:
                 "--readonly-mode",
                 *(["--store", store] if (store := os.environ.get("NIXGITOPS_NIX_STORE")) else []),
                 *(["--show-trace"] if self.show_trace else []),
+                *nix_options(self.limits, [self.root, Path(private)]),
                 str(harness_path()),
                 "--argstr",
                 "argsFile",
                 name,
             ]
+            if shutil.which(self.nix_instantiate) is None:
+                raise EvaluationError(
+                    f"Cannot run {self.nix_instantiate}: it is not installed or not on PATH. Install Nix (on"
+                    " Debian: apt-get install nix-bin)."
+                )
             try:
-                done = run(argv, cwd=str(self.entry_file.parent), check=False)
+                done = run(
+                    limited(argv, self.limits.memory),
+                    cwd=str(self.entry_file.parent),
+                    check=False,
+                    timeout=self.limits.timeout,
+                )
             except CommandFailed as exc:
+                if exc.returncode is None and "did not finish" in str(exc):
+                    raise timeout_error(self.limits, self.where) from None
                 raise EvaluationError(
                     f"Cannot run {self.nix_instantiate}: {exc}. Install Nix (on Debian: apt-get install nix-bin)."
                 ) from None
         finally:
-            os.unlink(name)
+            shutil.rmtree(private, ignore_errors=True)
         traces = parse_traces(done.stderr)
+        if done.returncode != 0 and (error := limit_error(done.stderr, self.limits, self.where)) is not None:
+            raise error
+        if done.returncode < 0 or done.returncode > 128:
+            signal_number = -done.returncode if done.returncode < 0 else done.returncode - 128
+            raise EvaluationError(
+                f"Nix crashed (signal {signal_number}) evaluating {self.where}:\n" + "\n".join(_clean(traces.other))
+            )
         if done.returncode != 0:
-            raise EvaluationError(f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)))
+            raise EvaluationError(
+                f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)) + _hint(done.stderr)
+            )
         return _decode(done.stdout), traces
 
     def _run_in_repl(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
         if self._repl is None:
-            self._repl = NixRepl(harness_path(), cwd=str(self.entry_file.parent), show_trace=self.show_trace)
+            self._repl = NixRepl(
+                harness_path(),
+                cwd=str(self.entry_file.parent),
+                show_trace=self.show_trace,
+                timeout=self.limits.timeout,
+                wrap=lambda argv, scratch: limited(
+                    [*argv, *nix_options(self.limits, [self.root, scratch])], self.limits.memory
+                ),
+            )
         try:
             text, printed = self._repl.evaluate({k: v for k, v in args.items() if k != "known"}, args["known"])
+        except ReplTimeout:
+            raise timeout_error(self.limits, self.where) from None
         except (NeedsStore, ReplUnavailable):
             raise
         except EvaluationError as exc:
+            if (error := limit_error(str(exc), self.limits, self.where)) is not None:
+                raise error from None
             traces = parse_traces(str(exc))
-            raise EvaluationError(f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other))) from None
+            raise EvaluationError(
+                f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)) + _hint(str(exc))
+            ) from None
         return _decode(text), parse_traces("\n".join(printed))
 
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
@@ -379,6 +457,18 @@ class NixEvaluator:
                 inputs[key] = value["v"]
         blockers = frozenset(q for qs in blocked.values() for q in qs)
         return DesiredResource(path, rtype, inputs, True, blockers, item["d"])
+
+
+def _hint(text: str) -> str:
+    """What to do about an error of restricted evaluation, when that is what Nix reported."""
+    if "in restricted mode" not in text:
+        return ""
+    return (
+        "\nnixgitops evaluates in Nix's restricted mode: a deployment reads only files of its own repository,"
+        " fetches nothing and sees no environment variables. Allow more paths with `allowed_paths` in the"
+        " controller's configuration or `--allow-path` on the command line, or turn the restriction off with"
+        " `restrict_eval = false` / `--no-restrict-eval`."
+    )
 
 
 def _decode(text: str) -> Any:

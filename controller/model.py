@@ -182,3 +182,15 @@ class KnownOutputs(Mapping[str, Mapping[str, Any]]):
 
     def __len__(self) -> int:
         return len(self._outputs)
+
+
+@dataclass(frozen=True)
+class EvalLimits:
+    """What a deployment's evaluation may use. Evaluation runs what lands in Git: it gets a time and a memory limit,
+    and (restricted) it reads only files of its own repository and ``allowed_paths``, fetches nothing and builds
+    nothing (Nix's restrict-eval, no allowed URIs, no import from derivation)."""
+
+    timeout: float = 300.0
+    memory: int = 2 * 1024**3
+    restrict: bool = True
+    allowed_paths: tuple[str, ...] = ()

@@ -35,7 +35,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,6 +52,10 @@ class NeedsStore(EvaluationError):
     """The evaluation needs a Nix store the repl does not have; evaluate it with ``nix-instantiate``."""
 
 
+class ReplTimeout(EvaluationError):
+    """A request did not finish in time; the repl was stopped."""
+
+
 class ReplUnavailable(EvaluationError):
     """The repl could not be started or stopped answering; evaluate with ``nix-instantiate``."""
 
@@ -59,7 +63,17 @@ class ReplUnavailable(EvaluationError):
 class NixRepl:
     """One ``nix repl`` process, with the harness loaded. Not thread-safe: one request at a time."""
 
-    def __init__(self, harness: Path, *, cwd: str, show_trace: bool = False, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        harness: Path,
+        *,
+        cwd: str,
+        show_trace: bool = False,
+        timeout: float | None = None,
+        wrap: Callable[[list[str], Path], list[str]] = lambda argv, scratch: argv,
+    ) -> None:
+        """``wrap`` turns the repl's command line into the one to run (limits, options), given the scratch
+        directory whose files the repl reads."""
         self.timeout = timeout
         self._dir = Path(tempfile.mkdtemp(prefix="nixgitops-repl-"))
         self._known_dir = self._dir / "known"
@@ -76,7 +90,7 @@ class NixRepl:
         if show_trace:
             argv.append("--show-trace")
         try:
-            self.proc = spawn(argv, cwd=cwd, stdout=False, env=_environment())
+            self.proc = spawn(wrap(argv, self._dir), cwd=cwd, stdout=False, env=_environment())
         except OSError as exc:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise ReplUnavailable(f"cannot start `nix repl`: {exc.strerror}") from None
@@ -109,8 +123,8 @@ class NixRepl:
             try:
                 line = self._lines.get(timeout=self.timeout)
             except queue.Empty:
-                self.close()
-                raise ReplUnavailable(f"`nix repl` did not answer within {self.timeout:g}s") from None
+                self.close(kill=True)
+                raise ReplTimeout(f"`nix repl` did not answer within {self.timeout:g}s") from None
             if line is None:
                 raise ReplUnavailable("`nix repl` exited:\n" + "\n".join(lines[-20:]))
             if line == end:
@@ -170,8 +184,12 @@ class NixRepl:
                 raise NeedsStore(line.strip())
         raise EvaluationError(text)
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
+        """End the repl: EOF on its input, or (``kill``, or when EOF is not enough) SIGKILL."""
         assert self.proc.stdin is not None and self.proc.stderr is not None
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):  # EOF ends the repl; a dead one raises here, and is closed all the same
             self.proc.stdin.close()
         try:

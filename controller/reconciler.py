@@ -331,6 +331,7 @@ class Reconciler:
                 parallelism=d.parallelism,
                 provider_timeout=d.provider_timeout,
                 identity=self.config.identity,
+                evaluation=d.evaluation,
             ),
             repo=self.state_cache.repo,
             entry_file=checkout / d.file,
@@ -338,6 +339,7 @@ class Reconciler:
             journal=self.journal,
             workdir=self.workdir,
             log=self.log,
+            source_root=checkout,
         )
         for note in engine.recover():  # raises, keeping everything, if an operation cannot be settled yet
             if self.log is not None:
