@@ -41,7 +41,7 @@ from controller.plan_render import plan_json
 from controller.planning import Plan, without_deletes
 from controller.processes import CommandFailed, run
 from controller.provider_client import Providers
-from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref
+from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref, remote_refs
 from controller.state_branch import StateBranch
 
 RETRY = {"failed", "unavailable", "busy"}
@@ -98,6 +98,9 @@ class Reconciler:
         self.reached = False  # the source remote answered at least once (for /readyz)
         self._plan_counts: dict[str, int] | None = None
         self._drift_checked = float("-inf")
+        # (source commit, state commit) after the last run that applied everything: polling the same pair again
+        # needs no evaluation
+        self._settled: tuple[str, str | None] | None = None
         data = config.data_dir
         self._source_dir = data / "git" / deployment.name
         self._state_dir = (
@@ -301,7 +304,12 @@ class Reconciler:
         if self.stalled() is not None:
             raise Stop("conflict", f"stopped until an operator acts: {self.stalled()}")
         started = time.monotonic()
-        head = remote_ref(d.repository, f"refs/heads/{d.branch}")
+        branch = f"refs/heads/{d.branch}"
+        if d.state_url == d.repository:  # one round-trip for both refs
+            refs = remote_refs(d.repository, branch, self._state_ref)
+            head, remote_state = refs[branch], refs[self._state_ref]
+        else:
+            head, remote_state = remote_ref(d.repository, branch), remote_ref(d.state_url, self._state_ref)
         self.reached = True
         if head is None:
             raise BranchMissing(f"The branch {d.branch!r} does not exist in {redact(d.repository)}.")
@@ -311,10 +319,16 @@ class Reconciler:
             self.source.fetch(d.repository, f"refs/heads/{d.branch}", tracking)
             head = self.source.ref(tracking) or head  # the branch may have moved since ls-remote: take the newest
             record.source_commit = head
-        self._sync_state()
+        self._sync_state(remote_state)
         self._timed(record, "fetch", started)
         if head == self.failed_evaluation and not force:
             raise Stop("skipped", f"commit {head} failed to evaluate; waiting for a new commit")
+        if not force and self._settled == (head, self._local(self._state_ref)) and not self._drift_due():
+            # Restricted evaluation depends only on the commit, and planning on it and the state: both are
+            # what the last run settled, so its answer stands (a forced run or a drift check evaluates again).
+            record.outcome, record.message = "no-change", f"commit {head[:12]} is applied and nothing changed since"
+            record.state_commit = self._local(self._state_ref)
+            return
         self._check_history(head)
         self._verify(head)
 
@@ -389,6 +403,8 @@ class Reconciler:
         record.outcome, record.message = outcome, message
         if outcome in ("success", "no-change"):
             self._check_drift(record, extra, engine, planned.providers)
+            if d.evaluation.restrict:  # unrestricted evaluation may read what changes between polls
+                self._settled = (head, self._local(self._state_ref))
 
     def _check_drift(self, record: Run, extra: dict[str, Any], engine: Engine, specs: Any) -> None:
         interval = self.deployment.drift_interval
@@ -408,10 +424,13 @@ class Reconciler:
         if found.drifted and self.log is not None:
             self.log(f"[{self.deployment.name}] drift: {', '.join(found.drifted)}")
 
-    def _sync_state(self) -> None:
-        """Check that the remote state branch is where we left it (or adopt it on a first run)."""
+    def _drift_due(self) -> bool:
+        interval = self.deployment.drift_interval
+        return interval is not None and time.monotonic() - self._drift_checked >= interval
+
+    def _sync_state(self, remote: str | None) -> None:
+        """Check that the remote state branch (at ``remote``) is where we left it (or adopt it on a first run)."""
         d = self.deployment
-        remote = remote_ref(d.state_url, self._state_ref)
         pushed = self._local(self._pushed_ref)
         if pushed is None and self._local(self._state_ref) is None:
             if remote is not None:

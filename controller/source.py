@@ -54,15 +54,21 @@ def _message(exc: git.exc.GitCommandError) -> str:
 
 def remote_ref(url: str, ref: str) -> str | None:
     """The commit a remote ref points at, or None when it does not exist (one round-trip, no fetch)."""
+    return remote_refs(url, ref)[ref]
+
+
+def remote_refs(url: str, *refs: str) -> dict[str, str | None]:
+    """The commits several refs of one remote point at (None: absent), in one round-trip."""
     try:
-        out = str(_git().ls_remote(normalise(url), ref, kill_after_timeout=GIT_TIMEOUT))
+        out = str(_git().ls_remote(normalise(url), *refs, kill_after_timeout=GIT_TIMEOUT))
     except git.exc.GitCommandError as exc:
         raise SourceUnavailable(f"Cannot reach {redact(url)}: {_message(exc)}") from None
+    found: dict[str, str | None] = dict.fromkeys(refs)
     for line in out.splitlines():
         sha, _, name = line.partition("\t")
-        if name == ref:
-            return sha
-    return None
+        if name in found:
+            found[name] = sha
+    return found
 
 
 class Cache:

@@ -479,3 +479,27 @@ def test_drift_is_found_by_reading_resources_back(tmp_path: Path, server: GitSer
     (workdir(tmp_path) / "motd.txt").unlink()
     nixgitops("reconcile", "web", "--config", str(config))
     assert drift()["resources"] == ["motd"], "a resource that is gone has drifted too"
+
+
+@pytest.mark.parametrize("restricted", [True, False])
+def test_polls_of_an_applied_commit_do_not_evaluate_again(
+    tmp_path: Path, server: GitServer, dev: Developer, restricted: bool
+) -> None:
+    """In restricted mode an evaluation depends only on the commit: polling the commit already applied, with the
+    state unchanged, skips evaluation; a forced run, a new commit or unrestricted evaluation evaluates."""
+    from controller.config import load
+    from controller.reconciler import Reconciler
+
+    extra = 'drift_interval = "off"\n' + ("" if restricted else "restrict_eval = false\n")
+    config = load(configure(tmp_path, server.url("infra.git"), extra))
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    reconciler = Reconciler(config, config.deployment("web"))
+    assert reconciler.reconcile().outcome == "success"
+    poll = reconciler.reconcile()
+    assert poll.outcome == "no-change"
+    assert ("evaluate" not in poll.phases) is restricted, poll
+    forced = reconciler.reconcile(force=True)
+    assert forced.outcome == "no-change" and "evaluate" in forced.phases
+    dev.push(DEPLOYMENT.replace("TEXT", "two"))
+    assert reconciler.reconcile().outcome == "success"
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "two\n"
