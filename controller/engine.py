@@ -286,12 +286,14 @@ class Engine:
             with executor.providers, self.evaluator.session():
                 executor.run(planned.plan, planned.desired, planned.dependencies, planned.state)
         finally:
-            started = time.monotonic()
-            commit = self.commit(planned.state, executor.state, executor.outcomes)
-            seconds = time.monotonic() - started
-            failpoints.hit("journal-clear")
-            journal.clear(keep=journal.unresolved())
-            journal.close()
+            try:
+                started = time.monotonic()
+                commit = self.commit(planned.state, executor.state, executor.outcomes)
+                seconds = time.monotonic() - started
+                failpoints.hit("journal-clear")
+                journal.clear(keep=journal.unresolved())  # only once the state commit holds what it recorded
+            finally:
+                journal.close()
         return RunResult(executor.outcomes, commit, _counts(executor.outcomes), seconds)
 
     def commit(

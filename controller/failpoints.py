@@ -6,6 +6,7 @@ the state ref, between a push and the record that it happened. Armed only by the
 
     NIXGITOPS_FAILPOINT=name        die the first time ``name`` is reached
     NIXGITOPS_FAILPOINT=name:3      die the third time
+    NIXGITOPS_FAILPOINT_FILL=FILE   instead of dying, fill the file system of FILE (write FILE until it is full)
 
 Unset, ``hit`` is one comparison. The points are listed in POINTS and in docs/reliability.md.
 """
@@ -28,6 +29,7 @@ POINTS = (
 _name, _, _nth = os.environ.get("NIXGITOPS_FAILPOINT", "").partition(":")
 _ARMED = _name or None
 _AT = int(_nth) if _nth.isdigit() else 1
+_FILL = os.environ.get("NIXGITOPS_FAILPOINT_FILL") or None
 _seen = 0
 _lock = threading.Lock()
 
@@ -39,5 +41,21 @@ def hit(name: str) -> None:
         return
     with _lock:
         _seen += 1
-        if _seen == _AT:
+        if _seen != _AT:
+            return
+        if _FILL is not None:
+            _fill(_FILL)
+        else:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fill(path: str) -> None:
+    """Write ``path`` until its file system has no space left."""
+    chunk = b"\0" * 65536
+    with open(path, "ab") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass

@@ -184,6 +184,15 @@ class Reconciler:
             return None
 
     def _write_status(self, record: Run, extra: dict[str, Any]) -> None:
+        """Record the run in the status files; a status that cannot be written (a full disk) is logged, and the
+        run's outcome is still returned and counted."""
+        try:
+            self._write_status_files(record, extra)
+        except OSError as exc:
+            if self.log is not None:
+                self.log(f"[{self.deployment.name}] cannot write the status files in {self.status_path.parent}: {exc}")
+
+    def _write_status_files(self, record: Run, extra: dict[str, Any]) -> None:
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
         plan = extra.pop("lastPlan", None)
         if plan is not None:  # a file of its own, written compactly: it grows with the deployment

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -304,9 +305,34 @@ class StateBranch:
         failpoints.hit("state-commit")
         try:
             oid = self.repo.create_commit(self.ref, signature, signature, message, tree, parents)
-        except pygit2.GitError as exc:
-            raise StateError(
-                f"Could not move the state branch {self.branch!r}: {exc}. Another writer may have changed it;"
-                " nothing was lost from the previous state commit."
-            ) from None
+        except (pygit2.GitError, OSError) as exc:
+            raise self._not_recorded(str(exc)) from None
+        # libgit2 can report success when the disk is full and the ref was never written (seen with pygit2 1.21
+        # on a full tmpfs): the state commit counts only once the branch is read back at it, whole.
+        found = self.repo.references.get(self.ref)
+        if found is None or found.target != oid or not self._readable(oid):
+            raise self._not_recorded("the branch does not point at the new commit after writing it")
         return str(oid)
+
+    def _readable(self, oid: pygit2.Oid) -> bool:
+        try:
+            commit = self.repo.get(oid)
+            return (
+                commit is not None
+                and commit.type == pygit2.enums.ObjectType.COMMIT
+                and commit.peel(pygit2.Tree) is not None
+            )
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+
+    def _not_recorded(self, detail: str) -> StateError:
+        free = shutil.disk_usage(self.repo.path).free
+        why = (
+            f"The disk holding {self.repo.path} is full ({free} bytes free): free space and run again."
+            if free < 1024 * 1024 or "space" in detail.lower()
+            else "Another writer may have changed it, or the repository cannot be written."
+        )
+        return StateError(
+            f"Could not record the state commit on {self.branch!r}: {detail}. {why} Nothing was lost: the previous"
+            " state commit stands, and the journal keeps what this run did until a state commit records it."
+        )

@@ -21,16 +21,18 @@ from controller.state_branch import record_location
 LEDGER = ROOT / "tests" / "providers" / "ledger.sh"
 
 
-def ledger_deployment(objects: Path, n: int = 30, provider: str | None = None) -> str:
-    """``n`` ledger entries; every third reads the previous one's id, so a run has several levels."""
+def ledger_deployment(objects: Path, n: int = 30, provider: str | None = None, prefix: str = "e") -> str:
+    """``n`` ledger entries named ``<prefix><i>``; every third reads the previous one's id, so a run has several
+    levels."""
     executable = provider or f'"{LEDGER}"'
     lines = [
         "{ members, providers, ... }: {",
         f'  providers.ledger = {{ executable = {executable}; args = [ "{objects}" ]; resourceTypes = [ "entry" ]; }};',
     ]
     for i in range(n):
-        extra = f"; after = members.e{i - 1}.outputs.id" if i % 3 == 2 else ""
-        lines.append(f'  members.e{i} = {{ type = providers.ledger.entry; inputs = {{ name = "e{i}"{extra}; }}; }};')
+        extra = f"; after = members.{prefix}{i - 1}.outputs.id" if i % 3 == 2 else ""
+        inputs = f'{{ name = "{prefix}{i}"{extra}; }}'
+        lines.append(f"  members.{prefix}{i} = {{ type = providers.ledger.entry; inputs = {inputs}; }};")
     lines.append("}")
     return "\n".join(lines)
 
@@ -80,6 +82,14 @@ class World:
         )
         return world
 
+    def push_generation(self, prefix: str) -> str:
+        """A commit whose entries all have new names: applying it deletes every entry and creates as many."""
+        text = ledger_deployment(self.objects, self.n, "./ledger.sh", prefix)
+        (self.work / "deployment.nix").write_text(text)
+        git(self.work, "commit", "-qam", f"generation {prefix}")
+        git(self.work, "push", "-q", str(self.remote), "main")
+        return git(self.work, "rev-parse", "HEAD").strip()
+
     def push_newer(self, note: str = "a newer commit") -> None:
         deployment = self.work / "deployment.nix"
         deployment.write_text(deployment.read_text() + f"# {note}\n")
@@ -95,16 +105,21 @@ class World:
             env={**os.environ, **(env or {})},
         )
 
-    def books(self) -> list[str]:
+    def books(self, prefix: str | None = None) -> list[str]:
         """What does not add up, after a completed run: empty when every object was created exactly once and
-        the pushed state records each one with its id."""
+        the pushed state records each one with its id. With ``prefix`` (generations), the objects are exactly
+        that generation's and the ledger is not compared (names of earlier generations were deleted)."""
         problems = []
+        if prefix is not None:
+            names = {p.name for p in self.objects.iterdir() if p.name != "LEDGER" and p.name[0] != "."}
+            if names != {f"{prefix}{i}" for i in range(self.n)}:
+                problems.append(f"objects are {sorted(names)}, not generation {prefix}")
         files = {
             p.name: p.read_text() for p in self.objects.iterdir() if p.name != "LEDGER" and not p.name.startswith(".")
         }
         ledger = self.objects / "LEDGER"
         created = [line.split()[0] for line in ledger.read_text().splitlines()] if ledger.exists() else []
-        if sorted(created) != sorted(files):
+        if prefix is None and sorted(created) != sorted(files):
             twice = sorted({c for c in created if created.count(c) > 1})
             problems.append(f"ledger and objects differ (created twice: {twice})")
         if len(files) != self.n:
