@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,7 +49,8 @@ def nix_options(limits: EvalLimits, roots: Iterable[Path]) -> list[str]:
     """The command-line options that apply ``limits`` to a Nix evaluation that may read ``roots``."""
     if not limits.restrict:
         return []
-    options = ["--option", "restrict-eval", "true", "--option", "allowed-uris", ""]
+    # no search path but ours: NIX_PATH entries would be readable in restricted mode
+    options = ["--option", "restrict-eval", "true", "--option", "allowed-uris", "", "--option", "nix-path", ""]
     options += ["--option", "allow-import-from-derivation", "false"]
     for root in [*roots, harness_path().parent, *limits.allowed_paths]:
         options += ["-I", str(root)]
@@ -57,7 +59,10 @@ def nix_options(limits: EvalLimits, roots: Iterable[Path]) -> list[str]:
 
 def limited(argv: list[str], memory: int) -> list[str]:
     """``argv`` run with its address space limited to ``memory`` bytes (through the shell's ulimit: no
-    pre-exec hook, which is unsafe in a threaded process)."""
+    pre-exec hook, which is unsafe in a threaded process), or to the hard limit already set, if lower."""
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:
+        memory = min(memory, hard)
     return ["sh", "-c", 'ulimit -v "$0" && exec "$@"', str(max(1, memory // 1024)), *argv]
 
 
@@ -320,6 +325,8 @@ class NixEvaluator:
         try:
             text, printed = self._repl.evaluate({k: v for k, v in args.items() if k != "known"}, args["known"])
         except ReplTimeout:
+            self._repl.close(kill=True)
+            self._repl = None  # the next pass starts a new repl
             raise timeout_error(self.limits, self.where) from None
         except (NeedsStore, ReplUnavailable):
             raise

@@ -148,7 +148,7 @@ class ResourceState(Typed):
             source_commit=data.get("sourceCommit"),
             created_at=data.get("createdAt"),
             updated_at=data.get("updatedAt"),
-            extra={k: v for k, v in data.items() if k not in _RECORD_KEYS} if len(data) > len(_RECORD_KEYS) else {},
+            extra={k: v for k, v in data.items() if k not in _RECORD_KEYS},
         )
         return record
 

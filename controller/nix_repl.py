@@ -30,11 +30,13 @@ import contextlib
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +46,7 @@ from controller.model import KnownOutputs
 from controller.processes import spawn
 
 INITIAL_HEAP = 32 * 1024 * 1024
+MAX_LINES = 1000  # lines of one answer kept; the rest of a deployment's own trace output is dropped
 RESULT = "trace: nixgitops:result "
 END = "trace: nixgitops:end "
 
@@ -85,6 +88,11 @@ class NixRepl:
         self._known: KnownOutputs | None = None  # the instance whose changes the repl has seen ...
         self._cursor = 0  # ... up to this index of its change log
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._closed = False
+        # markers no deployment can print by chance or on purpose: it cannot know this session's nonce
+        nonce = secrets.token_hex(8)
+        self._result = f"{RESULT}{nonce} "
+        self._end = f"{END}{nonce} "
         store = os.environ.get("NIXGITOPS_NIX_STORE") or "dummy://"
         argv = ["nix", "--extra-experimental-features", "nix-command", "repl", "--store", store]
         if show_trace:
@@ -97,8 +105,12 @@ class NixRepl:
         assert self.proc.stderr is not None
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc.stderr,), daemon=True)
         self._pump_thread.start()
-        self._send(f"__h = import {_nix_string(str(harness))}", "__k = { }")
-        self._answer()
+        try:
+            self._send(f"__h = import {_nix_string(str(harness))}", "__k = { }")
+            self._answer()
+        except EvaluationError:
+            self.close(kill=True)
+            raise
 
     def _pump(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
@@ -107,8 +119,13 @@ class NixRepl:
 
     def _send(self, *lines: str) -> None:
         assert self.proc.stdin is not None
+        if self._closed:
+            raise ReplUnavailable("`nix repl` was stopped")
         self._requests += 1
-        text = "".join(f"{line}\n" for line in lines) + f'builtins.trace "nixgitops:end {self._requests}" null\n'
+        text = (
+            "".join(f"{line}\n" for line in lines)
+            + f'builtins.trace "{self._end.removeprefix("trace: ")}{self._requests}" null\n'
+        )
         try:
             self.proc.stdin.write(text.encode())
             self.proc.stdin.flush()
@@ -116,25 +133,39 @@ class NixRepl:
             raise ReplUnavailable("`nix repl` exited") from None
 
     def _answer(self) -> list[str]:
-        """The lines printed for the last request, up to its end marker."""
-        end = f"{END}{self._requests}"
+        """The lines printed for the last request, up to its end marker, within the time limit of the whole
+        request. Lines are kept up to a bound (a deployment may trace without end); the result line always."""
+        end = f"{self._end}{self._requests}"
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         lines: list[str] = []
+        dropped = 0
         while True:
             try:
-                line = self._lines.get(timeout=self.timeout)
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                line = self._lines.get(timeout=wait)
             except queue.Empty:
                 self.close(kill=True)
                 raise ReplTimeout(f"`nix repl` did not answer within {self.timeout:g}s") from None
             if line is None:
-                raise ReplUnavailable("`nix repl` exited:\n" + "\n".join(lines[-20:]))
+                self.close(kill=True)
+                last = [x for x in lines if x.strip()][-5:]
+                raise ReplUnavailable("`nix repl` exited" + (": " + " / ".join(last) if last else ""))
             if line == end:
+                if dropped:
+                    lines.append(f"({dropped} more lines of trace output were dropped)")
                 return lines
-            lines.append(line)
+            if len(lines) < MAX_LINES or line.startswith(self._result):
+                lines.append(line)
+            else:
+                dropped += 1
 
     def _file(self, content: Any) -> str:
         self._files += 1
         path = self._dir / f"{self._files}.json"
-        path.write_text(json.dumps(content, separators=(",", ":"), check_circular=False))
+        try:
+            path.write_text(json.dumps(content, separators=(",", ":"), check_circular=False))
+        except OSError as exc:
+            raise ReplUnavailable(f"cannot write the repl's input file {path}: {exc}") from None
         return _nix_string(str(path))
 
     def _sync_known(self, known: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -150,7 +181,10 @@ class NixRepl:
                 if path in self._seen:  # changed or dropped: the old value may have been read; call afresh
                     self._called = False
                 self._seen.add(path)
-                (self._known_dir / f"{path}.json").write_text(json.dumps(outputs, separators=(",", ":")))
+                try:
+                    (self._known_dir / f"{path}.json").write_text(json.dumps(outputs, separators=(",", ":")))
+                except OSError as exc:
+                    raise ReplUnavailable(f"cannot write the known outputs of {path!r}: {exc}") from None
             return []
         shutil.rmtree(self._known_dir, ignore_errors=True)
         self._known_dir.mkdir()
@@ -173,11 +207,12 @@ class NixRepl:
             sync.append(f"__c = __h {{ {argv} exposeCall = true; }}")
             self._called = True
         call = f"__h {{ {argv} called = __c; }}"
-        self._send(*sync, f'builtins.trace ("nixgitops:result " + builtins.toJSON ({call})) null')
+        marker = self._result.removeprefix("trace: ")
+        self._send(*sync, f'builtins.trace ("{marker}" + builtins.toJSON ({call})) null')
         lines = self._answer()
         for i, line in enumerate(lines):
-            if line.startswith(RESULT):
-                return line[len(RESULT) :], lines[:i] + lines[i + 1 :]
+            if line.startswith(self._result):
+                return line[len(self._result) :], lines[:i] + lines[i + 1 :]
         text = "\n".join(lines)
         for line in lines:
             if "is not supported by store" in line:
@@ -187,6 +222,9 @@ class NixRepl:
     def close(self, *, kill: bool = False) -> None:
         """End the repl: EOF on its input, or (``kill``, or when EOF is not enough) SIGKILL."""
         assert self.proc.stdin is not None and self.proc.stderr is not None
+        if self._closed:
+            return
+        self._closed = True
         if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -109,7 +109,7 @@ class Reconciler:
             else data / "git" / f"{deployment.name}.state"
         )
         self.status_path = data / "status" / f"{deployment.name}.json"
-        self.plan_path = data / "status" / f"{deployment.name}.plan.json"
+        self.plan_path = data / "plans" / f"{deployment.name}.json"
         self.journal = data / "journal" / f"{deployment.name}.journal"
         self.checkouts = data / "checkouts" / deployment.name
         self.workdir = data / "work" / deployment.name  # providers' working directory: stable across commits
@@ -196,6 +196,7 @@ class Reconciler:
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
         plan = extra.pop("lastPlan", None)
         if plan is not None:  # a file of its own, written compactly: it grows with the deployment
+            self.plan_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.plan_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(plan, separators=(",", ":")))
             os.replace(tmp, self.plan_path)
@@ -332,9 +333,17 @@ class Reconciler:
         self._timed(record, "fetch", started)
         if head == self.failed_evaluation and not force:
             raise Stop("skipped", f"commit {head} failed to evaluate; waiting for a new commit")
-        if not force and self._settled == (head, self._local(self._state_ref)) and not self._drift_due():
-            # Restricted evaluation depends only on the commit, and planning on it and the state: both are
-            # what the last run settled, so its answer stands (a forced run or a drift check evaluates again).
+        settled, self._settled = self._settled, None  # set again only by a run that ends settled
+        if (
+            not force
+            and settled == (head, self._local(self._state_ref))
+            and not self._drift_due()
+            and not (self.journal.exists() and self.journal.stat().st_size > 0)
+        ):
+            # Restricted evaluation without allowed_paths depends only on the commit (the repository is all it
+            # can read), and planning on it and the state: both are what the last run settled, so its answer
+            # stands. A forced run, a drift check or an unsettled journal evaluates again.
+            self._settled = settled
             record.outcome, record.message = "no-change", f"commit {head[:12]} is applied and nothing changed since"
             record.state_commit = self._local(self._state_ref)
             return
@@ -412,7 +421,7 @@ class Reconciler:
         record.outcome, record.message = outcome, message
         if outcome in ("success", "no-change"):
             self._check_drift(record, extra, engine, planned.providers)
-            if d.evaluation.restrict:  # unrestricted evaluation may read what changes between polls
+            if d.evaluation.restrict and not d.evaluation.allowed_paths:  # else it may read what changes
                 self._settled = (head, self._local(self._state_ref))
 
     def _check_drift(self, record: Run, extra: dict[str, Any], engine: Engine, specs: Any) -> None:

@@ -481,16 +481,22 @@ def test_drift_is_found_by_reading_resources_back(tmp_path: Path, server: GitSer
     assert drift()["resources"] == ["motd"], "a resource that is gone has drifted too"
 
 
-@pytest.mark.parametrize("restricted", [True, False])
+@pytest.mark.parametrize("evaluation", ["restricted", "unrestricted", "allowed-paths"])
 def test_polls_of_an_applied_commit_do_not_evaluate_again(
-    tmp_path: Path, server: GitServer, dev: Developer, restricted: bool
+    tmp_path: Path, server: GitServer, dev: Developer, evaluation: str
 ) -> None:
-    """In restricted mode an evaluation depends only on the commit: polling the commit already applied, with the
-    state unchanged, skips evaluation; a forced run, a new commit or unrestricted evaluation evaluates."""
+    """In restricted mode (and no allowed_paths) an evaluation depends only on the commit: polling the commit
+    already applied, with the state unchanged, skips evaluation; a forced run, a new commit, unrestricted
+    evaluation or allowed paths (which may change between polls) evaluate."""
     from controller.config import load
     from controller.reconciler import Reconciler
 
-    extra = 'drift_interval = "off"\n' + ("" if restricted else "restrict_eval = false\n")
+    restricted = evaluation == "restricted"
+    extra = 'drift_interval = "off"\n' + {
+        "restricted": "",
+        "unrestricted": "restrict_eval = false\n",
+        "allowed-paths": f'allowed_paths = ["{tmp_path}"]\n',
+    }[evaluation]
     config = load(configure(tmp_path, server.url("infra.git"), extra))
     dev.push(DEPLOYMENT.replace("TEXT", "one"))
     reconciler = Reconciler(config, config.deployment("web"))

@@ -13,7 +13,7 @@ from conftest import Checkout
 
 from controller.errors import EvaluationError
 from controller.evaluation import NixEvaluator
-from controller.model import UNKNOWN, KnownOutputs
+from controller.model import UNKNOWN, EvalLimits, KnownOutputs
 
 CHAIN = """
 { members, providers, ... }:
@@ -141,3 +141,48 @@ def test_a_chain_applied_through_the_repl_leaves_nothing_to_do(checkout: Checkou
     state = checkout.state()
     assert state["r11"]["outputs"]["value"] == ".".join(str(i) for i in range(12))
     assert all(c["action"] == "noop" for c in checkout.plan().values())
+
+
+def test_a_pass_that_runs_out_of_time_is_stopped_and_the_next_pass_works(tmp_path: Path) -> None:
+    """The time limit holds for a whole request, even when the deployment traces without end; the session goes
+    on with a new repl."""
+    forever = 'let f = n: builtins.trace "tick" (if n == 0 then 1 else f (n - 1) + f (n - 1)); in f 60'
+    path = entry(
+        tmp_path,
+        f"""
+        {{ members, providers, ... }}:
+        {{
+          members.a = {{ type = providers.local.memo; inputs.initialize_with = "A"; }};
+          members.b.type = providers.local.memo;
+          members.b.inputs.initialize_with = if members.a.outputs.value == "loop" then {forever} else "ok";
+        }}
+        """,
+    )
+    evaluator = NixEvaluator(path, limits=EvalLimits(timeout=2))
+    with evaluator.session():
+        known = KnownOutputs({"a": {"value": "loop"}})
+        with pytest.raises(EvaluationError, match="did not finish within 2 s"):
+            evaluator.evaluate(known, select={"b"})
+        known.set("a", {"value": "fine"})
+        assert evaluator.evaluate(known, select={"b"}).resources["b"].inputs == {"initialize_with": "ok"}
+
+
+def test_a_deployment_cannot_forge_the_repl_markers(tmp_path: Path) -> None:
+    forged = 'builtins.trace "nixgitops:end 3" (builtins.trace "nixgitops:result {}" "real")'
+    path = entry(
+        tmp_path,
+        f"""
+        {{ members, providers, ... }}:
+        {{
+          members.a = {{ type = providers.local.memo; inputs.initialize_with = "A"; }};
+          members.b.type = providers.local.memo;
+          members.b.inputs.initialize_with = builtins.seq members.a.outputs.value ({forged});
+        }}
+        """,
+    )
+    evaluator = NixEvaluator(path)
+    with evaluator.session():
+        known = KnownOutputs({"a": {"value": "A"}})
+        for _ in range(3):
+            assert evaluator.evaluate(known, select={"b"}).resources["b"].inputs == {"initialize_with": "real"}
+        assert evaluator._repl is not None
