@@ -183,6 +183,12 @@ def load(rate: float, seconds: float, tmp: Path) -> None:
     )
 
 
+def started_all(burst: Burst) -> bool:
+    """Whether every deployment but the broken one has finished its first run (the daemon runs each at start)."""
+    rows = json.loads(burst.get("/api/v1/deployments"))
+    return all((r.get("lastRun") or {}).get("outcome") for r in rows if r["deployment"] != "broken")
+
+
 def many(deployments: int, tmp: Path) -> None:
     root = tmp / "many"
     root.mkdir()
@@ -202,11 +208,7 @@ def many(deployments: int, tmp: Path) -> None:
             burst = Burst(f"http://127.0.0.1:{port}")
             wait_until(burst.healthy, "the daemon's server", timeout=60)
 
-            def started_all() -> bool:  # the runs every deployment makes at start are over
-                rows = json.loads(burst.get("/api/v1/deployments"))
-                return all((r.get("lastRun") or {}).get("outcome") for r in rows if r["deployment"] != "broken")
-
-            wait_until(started_all, "the first run of every deployment", timeout=300)
+            wait_until(partial(started_all, burst), "the first run of every deployment", timeout=300)
             latencies = []
             for _ in range(3):
                 for i in range(deployments - 1):
