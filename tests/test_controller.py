@@ -492,11 +492,14 @@ def test_polls_of_an_applied_commit_do_not_evaluate_again(
     from controller.reconciler import Reconciler
 
     restricted = evaluation == "restricted"
-    extra = 'drift_interval = "off"\n' + {
-        "restricted": "",
-        "unrestricted": "restrict_eval = false\n",
-        "allowed-paths": f'allowed_paths = ["{tmp_path}"]\n',
-    }[evaluation]
+    extra = (
+        'drift_interval = "off"\n'
+        + {
+            "restricted": "",
+            "unrestricted": "restrict_eval = false\n",
+            "allowed-paths": f'allowed_paths = ["{tmp_path}"]\n',
+        }[evaluation]
+    )
     config = load(configure(tmp_path, server.url("infra.git"), extra))
     dev.push(DEPLOYMENT.replace("TEXT", "one"))
     reconciler = Reconciler(config, config.deployment("web"))
