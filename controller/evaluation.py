@@ -277,11 +277,6 @@ class NixEvaluator:
                 "argsFile",
                 name,
             ]
-            if shutil.which(self.nix_instantiate) is None:
-                raise EvaluationError(
-                    f"Cannot run {self.nix_instantiate}: it is not installed or not on PATH. Install Nix (on"
-                    " Debian: apt-get install nix-bin)."
-                )
             try:
                 done = run(
                     limited(argv, self.limits.memory),
@@ -298,6 +293,11 @@ class NixEvaluator:
         finally:
             shutil.rmtree(private, ignore_errors=True)
         traces = parse_traces(done.stderr)
+        if done.returncode == 127 and "not found" in done.stderr:  # from the shell of `limited`: no such program
+            raise EvaluationError(
+                f"Cannot run {self.nix_instantiate}: it is not installed or not on PATH. Install Nix (on Debian:"
+                " apt-get install nix-bin)."
+            )
         if done.returncode != 0 and (error := limit_error(done.stderr, self.limits, self.where)) is not None:
             raise error
         if done.returncode < 0 or done.returncode > 128:
