@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import git, wait_until  # noqa: E402 - after the path set-up above
+from conftest import local_remote, wait_until  # noqa: E402 - after the path set-up above
 from gitserver import free_port  # noqa: E402
 from ledger_world import World  # noqa: E402
 from load import Burst, rss_mb  # noqa: E402
@@ -127,26 +127,10 @@ def threading_wait(seconds: float) -> None:
     threading.Event().wait(seconds)  # the moment of a kill: chosen at random, not a synchronisation
 
 
-def one_memo_repo(root: Path, name: str) -> Path:
-    remote = root / f"{name}.git"
-    git(root, "init", "-q", "--bare", "-b", "main", str(remote))
-    work = root / f"{name}.src"
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    text = (
-        '{ members, providers, ... }: { members.m = { type = providers.local.memo; inputs.initialize_with = "x"; }; }'
-    )
-    (work / "deployment.nix").write_text(text)
-    git(work, "add", "-A")
-    git(work, "commit", "-qm", "x")
-    git(work, "push", "-q", str(remote), "main")
-    return remote
-
-
 def load(rate: float, seconds: float, tmp: Path) -> None:
     root = tmp / "load"
     root.mkdir()
-    remote = one_memo_repo(root, "web")
+    remote = local_remote(root, "web")
     (root / "secret").write_bytes(b"soak-secret")
     port = free_port()
     config = root / "nixgitops.toml"
@@ -195,7 +179,7 @@ def many(deployments: int, tmp: Path) -> None:
     port = free_port()
     lines = [f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n']
     for i in range(deployments - 1):
-        remote = one_memo_repo(root, f"d{i}")
+        remote = local_remote(root, f"d{i}")
         lines.append(f'[deployments.d{i}]\nrepository = "{remote}"\ninterval = "1h"\n')
     healthy = "\n".join(lines)
     failing = f'[deployments.broken]\nrepository = "{root / "missing.git"}"\ninterval = "1s"\njitter = "1ms"\n'

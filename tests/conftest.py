@@ -31,6 +31,23 @@ def git(cwd: Path, *args: str) -> str:
     return done.stdout
 
 
+ONE_MEMO = "{ members, providers, ... }: { members.m = { type = providers.local.memo; inputs.initialize_with = 1; }; }"
+
+
+def local_remote(root: Path, name: str, deployment: str = ONE_MEMO) -> Path:
+    """A bare repository ``root/<name>.git`` whose main branch holds ``deployment``, pushed from ``root/<name>.src``."""
+    remote = root / f"{name}.git"
+    git(root, "init", "-q", "--bare", "-b", "main", str(remote))
+    work = root / f"{name}.src"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    (work / "deployment.nix").write_text(deployment)
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", name)
+    git(work, "push", "-q", str(remote), "main")
+    return remote
+
+
 @dataclass
 class Checkout:
     """A Git checkout holding a deployment, and the nixgitops command line run inside it."""

@@ -11,26 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import git, wait_until
+from conftest import local_remote, wait_until
 from gitserver import free_port
 from load import Burst, rss_mb
 
 SECRET = b"load-secret"
-DEPLOYMENT = (
-    '{ members, providers, ... }: { members.m = { type = providers.local.memo; inputs.initialize_with = "V"; }; }'
-)
 
 
 def test_a_burst_of_webhooks_is_answered_and_coalesced(tmp_path: Path) -> None:
-    remote = tmp_path / "remote.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
-    work = tmp_path / "work"
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    (work / "deployment.nix").write_text(DEPLOYMENT.replace("V", "0"))
-    git(work, "add", "-A")
-    git(work, "commit", "-qm", "0")
-    git(work, "push", "-q", str(remote), "main")
+    remote = local_remote(tmp_path, "remote")
     (tmp_path / "secret").write_bytes(SECRET)
     port = free_port()
     config = tmp_path / "nixgitops.toml"

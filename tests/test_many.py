@@ -8,13 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import git, wait_until
+from conftest import local_remote, wait_until
 from gitserver import free_port
 from load import Burst
 
-DEPLOYMENT = (
-    "{ members, providers, ... }: { members.m = { type = providers.local.memo; inputs.initialize_with = 1; }; }"
-)
 HEALTHY = 10
 
 
@@ -22,15 +19,7 @@ def test_one_failing_deployment_does_not_hold_the_others(tmp_path: Path) -> None
     port = free_port()
     lines = [f'[controller]\ndata_dir = "{tmp_path / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n']
     for i in range(HEALTHY):
-        remote = tmp_path / f"d{i}.git"
-        git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
-        work = tmp_path / f"d{i}.src"
-        work.mkdir()
-        git(work, "init", "-q", "-b", "main")
-        (work / "deployment.nix").write_text(DEPLOYMENT)
-        git(work, "add", "-A")
-        git(work, "commit", "-qm", "one")
-        git(work, "push", "-q", str(remote), "main")
+        remote = local_remote(tmp_path, f"d{i}")
         lines.append(f'[deployments.d{i}]\nrepository = "{remote}"\ninterval = "1h"\n')
     lines.append(f'[deployments.broken]\nrepository = "{tmp_path / "missing.git"}"\ninterval = "1s"\njitter = "1ms"\n')
     config = tmp_path / "nixgitops.toml"

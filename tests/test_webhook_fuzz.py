@@ -38,9 +38,8 @@ EVENT_HEADERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestClient, FakeScheduler]:
-    tmp = tmp_path_factory.mktemp("fuzz")
+def server(tmp: Path) -> tuple[TestClient, FakeScheduler]:
+    """The real server and receivers (one of each kind, all for deployment "web"), with a fake scheduler."""
     (tmp / "secret").write_bytes(SECRET)
     config = parse(
         {
@@ -54,6 +53,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestClient, FakeSch
     )
     scheduler = FakeScheduler(config)
     return TestClient(create_app(config, scheduler, Metrics())), scheduler  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestClient, FakeScheduler]:
+    return server(tmp_path_factory.mktemp("fuzz"))
 
 
 json_values = st.recursive(
@@ -149,19 +153,7 @@ def test_handlers_keep_no_memory(world: tuple[TestClient, FakeScheduler]) -> Non
 
 def test_fuzz_config_is_real(tmp_path: Path) -> None:
     """The fixture's receivers are the real ones: a correctly signed push does trigger (so the fuzz can fail)."""
-    (tmp_path / "secret").write_bytes(SECRET)
-    config = parse(
-        {
-            "controller": {"data_dir": str(tmp_path)},
-            "deployments": {"web": {"repository": "https://example.org/team/infra.git"}},
-            "receivers": {
-                k: {"kind": k, "secret_file": str(tmp_path / "secret"), "deployments": ["web"]} for k in KINDS
-            },
-        },
-        tmp_path / "nixgitops.toml",
-    )
-    scheduler = FakeScheduler(config)
-    client = TestClient(create_app(config, scheduler, Metrics()))  # type: ignore[arg-type]
+    client, scheduler = server(tmp_path)
     body = json.dumps(
         {"ref": "refs/heads/main", "after": "a" * 40, "repository": {"clone_url": "https://example.org/team/infra.git"}}
     ).encode()
