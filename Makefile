@@ -59,8 +59,10 @@ unit: setup
 
 test: setup lint unit
 
+# BASE=<rev> also times the no-change plan of that revision against this tree, interleaved in the same run.
 bench: setup
 	$(BIN)/python bench/run.py --markdown bench/last-run.md
+	if [ -n "$(BASE)" ]; then $(BIN)/python bench/compare.py --base "$(BASE)"; fi
 
 soak: setup
 	$(BIN)/python bench/soak.py

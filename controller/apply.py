@@ -12,8 +12,10 @@ fails.
 from __future__ import annotations
 
 import datetime
+import heapq
 import queue
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -69,8 +71,15 @@ class Executor:
     source_commit: str | None = None
     report: Callable[[Event], None] = lambda event: None
     journal: Journal | None = None
+    base_rank: int = 1
+    """The rank of what runs at once: above every rank in state (see ``ResourceState.rank``)."""
     state: dict[str, ResourceState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    reevaluated: set[str] = field(default_factory=set)
+    """The resources whose inputs became known during the run (their edges are refreshed after it)."""
+    reads_seen: dict[str, set[str]] = field(default_factory=dict)
+    """Every resource each resource was seen to read, over all the run's passes."""
+    _rank_of: dict[str, int] = field(default_factory=dict)
     _running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = field(default_factory=dict)
     _completed: queue.Queue[Future[Any]] = field(default_factory=queue.Queue)
 
@@ -89,6 +98,7 @@ class Executor:
             source_commit=self.source_commit,
             created_at=old.created_at if old is not None and old.type == desired.type else stamp,
             updated_at=stamp,
+            rank=self._rank_of.get(desired.path, self.base_rank),
         )
 
     def _call(
@@ -143,7 +153,7 @@ class Executor:
         if change.action is Action.UPDATE:
             assert old is not None
             if dict(old.inputs) == dict(desired.inputs):  # only lifecycle changed: no provider call
-                return self._record(desired, old.outputs, deps | frozenset(old.dependencies))
+                return self._record(desired, old.outputs, deps)
             what = f"updateResourceRequest for {desired.path!r}"
             request = protocol.update_request(desired.resource_type, old.inputs, old.outputs, desired.inputs)
             record = self._record(desired, {}, deps)
@@ -177,11 +187,27 @@ class Executor:
             try:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as evaluator:
                     self._converge(plan, dict(desired), dependencies, pool, evaluator)
+                self._refresh_unchanged(plan, desired)
                 self._delete(plan, pool)
             except BaseException:
                 self._drain()
                 raise
         return self.outcomes
+
+    def _refresh_unchanged(self, plan: Plan, desired: Mapping[str, DesiredResource]) -> None:
+        """Resources that need no operation keep their records, but their edges are what this evaluation saw
+        them read: a changed expression may read other resources with the same inputs. A new edge lifts the
+        rank above its source's, so ranks keep following reads."""
+        for change in plan.changes:
+            old = self.state.get(change.path)
+            wanted = desired.get(change.path)
+            if change.action is not Action.NOOP or old is None or wanted is None:
+                continue
+            edges = tuple(sorted(wanted.reads - {change.path}))
+            if edges == tuple(old.dependencies):
+                continue
+            above = [self.state[s].rank + 1 for s in edges if s in self.state]
+            self.state[change.path] = replace(old, dependencies=edges, rank=max([old.rank, *above]))
 
     def _drain(self) -> None:
         """Interrupted: start nothing more, and record the operations already in flight when they end."""
@@ -278,7 +304,10 @@ class Executor:
         candidates: set[str] = set()
         stale = False  # something settled since the last evaluation started
 
-        seen = {p: set(d.blocked_by) for p, d in desired.items()}  # every blocker seen, over all passes
+        seen = self.reads_seen  # every read seen, over all passes
+        for path in actions:
+            seen[path] = set(desired[path].reads | desired[path].blocked_by)
+        rounds = 0  # evaluations started: a resource made ready by the k-th gets rank base + k
 
         def deps_of(path: str) -> frozenset[str]:
             return dependencies.get(path, frozenset()) | seen.get(path, set())
@@ -309,6 +338,11 @@ class Executor:
                 change = decide(desired[path], self.state.get(path))
                 if change.action is Action.NOOP:
                     unsettled.discard(path)
+                    old = self.state.get(path)
+                    if old is not None:  # what it reads and where it stands in the order may have changed
+                        rank = self._rank_of.get(path, self.base_rank)
+                        edges = tuple(sorted(deps_of(path) - {path}))
+                        self.state[path] = replace(old, dependencies=edges, rank=rank)
                     self._finish(path, Action.NOOP, "ok", "inputs unchanged once known")
                     settled(path)
                     continue
@@ -318,6 +352,9 @@ class Executor:
                 asked = (candidates | opaque) & blocked
                 candidates.clear()
                 opaque -= asked
+                rounds += 1
+                for path in asked:
+                    self._rank_of[path] = self.base_rank + rounds
                 evaluation = evaluator.submit(self._evaluate_each, known, asked)
                 evaluation.add_done_callback(self._completed.put)
                 stale = False
@@ -337,7 +374,8 @@ class Executor:
                     if resource is None:
                         continue
                     desired[path] = resource
-                    seen.setdefault(path, set()).update(resource.blocked_by)
+                    self.reevaluated.add(path)
+                    seen.setdefault(path, set()).update(resource.reads | resource.blocked_by)
                     if resource.ready:
                         blocked.discard(path)
                         ready.add(path)
@@ -376,23 +414,38 @@ class Executor:
             self._finish(path, actions[path], "skipped", f"skipped: it reads outputs of {why}, which failed")
 
     def _delete(self, plan: Plan, pool: ThreadPoolExecutor) -> None:
-        """Deletes, each after every resource recorded as reading it is gone."""
+        """Deletes, each after every resource recorded as reading it is gone, and (for a resource that anything
+        reads) after every resource to delete that stands above it in the order of operations: a read that left
+        no trace is ordered by rank (see docs/decisions.md, "Dependency edges")."""
         doomed = {c.path: c for c in plan.changes if c.action is Action.DELETE}
         if not doomed:
             return
         readers: dict[str, set[str]] = {p: set() for p in doomed}
+        read: set[str] = set()  # doomed resources that some resource is recorded as reading
         for reader, resource in self.state.items():
             for source in resource.dependencies:
                 if source in readers and source != reader:
                     readers[source].add(reader)
+                    read.add(source)
         cycle = find_cycle({p: readers[p] & doomed.keys() for p in doomed})
         if cycle:
             message = f"dependency cycle in state: {describe_cycle(cycle)}; delete these by hand and remove them"
             for path in cycle:
                 self._finish(path, Action.DELETE, "failed", message)
                 del doomed[path]
+        rank = _effective_ranks({p: c.before for p, c in doomed.items() if c.before is not None})
+        unfinished = Counter(rank.values())  # ranks of the deletes not done yet (a failed one stays)
+        tops = [-r for r in unfinished]
+        heapq.heapify(tops)
+
+        def top() -> int:
+            while tops and not unfinished[-tops[0]]:
+                heapq.heappop(tops)
+            return -tops[0] if tops else 0
+
         running = self._running
-        waiting = {p for p in doomed if readers[p]}
+        waiting = {p for p in doomed if readers[p] or (p in read and top() > rank[p])}
+        gated = sorted((p for p in doomed if p in read), key=lambda p: -rank[p])  # by rank, highest first
         startable = set(doomed) - waiting
         while True:
             for path in sorted(startable):
@@ -400,18 +453,49 @@ class Executor:
             startable.clear()
             if not running:
                 break
-            for future in [self._next_done()]:
-                path, _ = running.pop(future)
-                if not self._settle(future, path, Action.DELETE):
-                    continue
-                gone = doomed[path].before
-                assert gone is not None
-                for source in gone.dependencies:
-                    if source in waiting:
-                        readers[source].discard(path)
-                        if not readers[source]:
-                            waiting.discard(source)
-                            startable.add(source)
+            future = self._next_done()
+            path, _ = running.pop(future)
+            if not self._settle(future, path, Action.DELETE):
+                continue
+            unfinished[rank[path]] -= 1
+            gone = doomed[path].before
+            assert gone is not None
+            woken = {s for s in gone.dependencies if s in waiting}
+            for source in woken:
+                readers[source].discard(path)
+            ceiling = top()
+            while gated and rank[gated[0]] >= ceiling:  # nothing above them is left
+                woken.add(gated.pop(0))
+            for source in woken:
+                if source in waiting and not readers[source] and not (source in read and top() > rank[source]):
+                    waiting.discard(source)
+                    startable.add(source)
         for path in sorted(waiting):
-            still = sorted(readers[path])
-            self._finish(path, Action.DELETE, "skipped", f"not deleted: still read by {', '.join(still)}, which remain")
+            if readers[path]:
+                why = f"still read by {', '.join(sorted(readers[path]))}, which remain"
+            else:
+                above = sorted(p for p in doomed if rank[p] > rank[path] and p in self.state)
+                why = f"{', '.join(above[:5])} could not be deleted, and may read it (applied after it)"
+            self._finish(path, Action.DELETE, "skipped", f"not deleted: {why}")
+
+
+def _effective_ranks(records: Mapping[str, ResourceState]) -> dict[str, int]:
+    """Each record's rank, raised where needed so that a reader ranks above every source it is recorded as
+    reading (records older than ranks are all 0): the order by rank then never contradicts an edge."""
+    ranks: dict[str, int] = {}
+    for root in records:
+        if root in ranks:
+            continue
+        stack, visiting = [root], {root}  # iterative depth-first: deep chains do not hit the recursion limit
+        while stack:
+            node = stack[-1]
+            pending = [s for s in records[node].dependencies if s in records and s not in ranks and s not in visiting]
+            if pending:
+                stack.append(pending[0])
+                visiting.add(pending[0])
+                continue
+            stack.pop()
+            visiting.discard(node)
+            above = [ranks[s] + 1 for s in records[node].dependencies if s in ranks and s != node]
+            ranks[node] = max([records[node].rank, *above])
+    return ranks

@@ -7,21 +7,26 @@ clear message on stderr and exit non-zero; only a bug in nixgitops prints a trac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from controller import __version__
 from controller.apply import Event
 from controller.engine import Engine, Planned, RunResult, Settings
 from controller.errors import NixgitopsError, UserError
+from controller.journal import read_entries
 from controller.model import EvalLimits
 from controller.plan_render import plan_json, render_plan
 from controller.planning import Action
+from controller.state_branch import StateBranch
+from controller.state_surgery import move, perform, remove
 
 VERBS = {
     Action.CREATE: ("Creating", "Creation"),
@@ -80,7 +85,10 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common], help="show what apply would do")
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     plan.add_argument("--destroy", action="store_true", help="plan deleting every resource in state")
-    sub.add_parser("apply", parents=[common, running], help="apply the deployment")
+    apply = sub.add_parser("apply", parents=[common, running], help="apply the deployment")
+    empty_help = "let a deployment that declares no resources delete everything in state (else refused)"
+    for command in (plan, apply):
+        command.add_argument("--allow-empty", action="store_true", help=empty_help)
     sub.add_parser("destroy", parents=[common, running], help="delete every resource in state")
     state = sub.add_parser("state", help="inspect the state branch")
     state_sub = state.add_subparsers(dest="state_command", required=True, metavar="SUBCOMMAND")
@@ -88,6 +96,18 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print a JSON list")
     show = state_sub.add_parser("show", parents=[common], help="show one resource in state as JSON")
     show.add_argument("path", help="dotted member path")
+    surgery = argparse.ArgumentParser(add_help=False)
+    surgery.add_argument("--json", action="store_true", help="print what changed as one JSON object")
+    surgery.add_argument(
+        "--config", type=Path, help="work on the controller's copy of deployment --deployment (its data directory)"
+    )
+    remove = state_sub.add_parser(
+        "rm", parents=[common, surgery], help="forget resources without calling their provider"
+    )
+    remove.add_argument("paths", nargs="+", metavar="PATH", help="dotted member path (a composite: all its members)")
+    move = state_sub.add_parser("mv", parents=[common, surgery], help="rename a resource or a composite in state")
+    move.add_argument("old", metavar="OLD", help="the path in state")
+    move.add_argument("new", metavar="NEW", help="the new path; nothing may be there")
 
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument("--config", type=Path, required=True, help="the controller's TOML configuration")
@@ -167,15 +187,19 @@ def _confirm(args: argparse.Namespace, verb: str) -> None:
         raise UserError(f"{verb.capitalize()} cancelled; nothing was changed.")
 
 
-def _finish(result: RunResult, engine: Engine, verb: str) -> int:
+def _finish(result: RunResult, engine: Engine, verb: str, *, held: int = 0) -> int:
+    """``held``: resources left out of the plan by operations that are not settled (skipped; see ``_held``)."""
     c = result.counts
     numbers = f"{c['create']} created, {c['update']} updated, {c['replace']} replaced, {c['delete']} deleted"
     if result.commit:
         print(f"State: commit {result.commit[:12]} on {engine.store.branch}")
-    if result.ok:
+    if result.ok and not held:
         print(f"{verb.capitalize()} complete! Resources: {numbers}.")
         return 0
-    print(f"{verb.capitalize()} failed. Resources: {numbers}; {c['failed']} failed, {c['skipped']} skipped.")
+    skipped = c["skipped"] + held
+    print(f"{verb.capitalize()} failed. Resources: {numbers}; {c['failed']} failed, {skipped} skipped.")
+    if result.ok:
+        return 1  # only held back: ``_held`` says why and what to do
     print(
         f"Error: {verb} did not complete: {c['failed']} operation(s) failed and {c['skipped']} were skipped;"
         " the completed ones are recorded in state. Fix the errors above and run it again.",
@@ -191,7 +215,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "Warning: an interrupted run left operations in the journal; the next apply records them first.",
             file=sys.stderr,
         )
-    planned = engine.plan(destroy=args.destroy)
+    planned = engine.plan(destroy=args.destroy, allow_empty=args.allow_empty)
+    for path in sorted(planned.held):  # left out of the plan: an operation that is not settled holds them back
+        print(f"Warning: {path}: {planned.held[path]}", file=sys.stderr)
     if args.json:
         document = plan_json(
             planned.plan,
@@ -210,16 +236,96 @@ def _run(args: argparse.Namespace, *, destroy: bool) -> int:
     with engine.store.locked():
         for note in engine.recover():
             print(f"Recovered: {note}", flush=True)
-        planned: Planned = engine.plan(destroy=destroy)
+        planned: Planned = engine.plan(destroy=destroy, allow_empty=getattr(args, "allow_empty", False))
         print(render_plan(planned.plan))
+        for path in sorted(planned.held):
+            print(f"{path}: {planned.held[path]}", flush=True)
         if not planned.plan.has_changes:
-            return 0
+            return _held(planned)
         verb = "destroy" if destroy else "apply"
         _confirm(args, verb)
-        return _finish(engine.apply(planned, report=_report), engine, verb)
+        return max(_finish(engine.apply(planned, report=_report), engine, verb, held=len(planned.held)), _held(planned))
+
+
+def _held(planned: Planned) -> int:
+    """1, with an error that says what to do, when operations that are not settled held resources back."""
+    if not planned.held:
+        return 0
+    paths = sorted(planned.held)
+    shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
+    print(
+        f"Error: {len(paths)} resource(s) were skipped ({shown}): an operation on them, or on what they read, is not"
+        " settled. Make its provider reachable and run again, or run `nixgitops state rm PATH` for a resource known"
+        ' to be gone (docs/runbook.md, "A stuck operation").',
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _surgery_target(args: argparse.Namespace) -> tuple[StateBranch, Path, contextlib.AbstractContextManager[Any]]:
+    """The state branch, journal and lock that ``state rm``/``state mv`` work on: a checkout's (the lock that
+    `apply` and `destroy` hold), or with ``--config`` the controller's (the lock a reconcile holds)."""
+    if args.config is None:
+        engine = _engine(args)
+        return engine.store, engine.journal_path, engine.store.locked()
+    from controller.config import load
+    from controller.reconciler import Reconciler
+
+    config = load(args.config)
+    reconciler = Reconciler(config, config.deployment(args.deployment))
+    d = reconciler.deployment
+    store = StateBranch(reconciler.state_cache.repo, branch=d.state_branch, deployment=d.name, identity=config.identity)
+    if store.tip() is None:
+        raise UserError(f"Deployment {d.name!r} has no state branch in {config.data_dir} yet: nothing to change.")
+    return store, reconciler.journal, _held_lock(reconciler.lock_path, d.name)
+
+
+@contextlib.contextmanager
+def _held_lock(path: Path, name: str) -> Iterator[None]:
+    """The controller's lock of deployment ``name``; refused at once while a reconcile holds it."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"A reconcile of deployment {name!r} is running (it holds {path}); nothing was changed. Run this"
+                " again when it has finished, or `nixgitops suspend` the deployment first."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cmd_surgery(args: argparse.Namespace) -> int:
+    """``state rm`` and ``state mv``: one state commit, no provider call, refused while a run holds the lock."""
+    store, journal_path, lock = _surgery_target(args)
+    with lock:
+        state = store.load()
+        journaled = {e["path"] for e in read_entries(journal_path) if "path" in e}
+        if args.state_command == "rm":
+            surgery = remove(state, args.paths, journaled=journaled, deployment=store.deployment)
+        else:
+            surgery = move(state, args.old, args.new, journaled=journaled, deployment=store.deployment)
+        commit = perform(surgery, store, journal_path)
+    if args.json:
+        document = {"deployment": store.deployment, "stateBranch": store.branch, "commit": commit, **surgery.report}
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return 0
+    for line in surgery.lines:
+        print(line)
+    if commit is not None:
+        print(f"State: commit {commit[:12]} on {store.branch} (no provider was called)")
+    else:
+        print(f"State: unchanged on {store.branch}; only the journal changed (no provider was called)")
+    return 0
 
 
 def cmd_state(args: argparse.Namespace) -> int:
+    if args.state_command in ("rm", "mv"):
+        return cmd_surgery(args)
     engine = _engine(args)
     state = engine.load_state()
     if args.state_command == "show":
@@ -331,7 +437,59 @@ def _daemon_api(config: Any) -> Callable[[str, str], Any] | None:
     return call
 
 
+class _ReaderMayLeave:
+    """A standard stream whose reader may go away (``nixgitops status | head -5``). From the first EPIPE on, what
+    is written is discarded (the descriptor is pointed at /dev/null), so the command still finishes its work and
+    exits with its own status: no traceback, no exit 120 or 141."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        self.gone = True
+        try:
+            descriptor = self._stream.fileno()
+        except (OSError, ValueError):  # a stream without a descriptor (a test's capture) keeps only ``gone``
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, descriptor)  # what is still buffered goes nowhere, quietly, at exit
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; stdout and stderr are closed quietly when their reader goes away (EPIPE)."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = cast(TextIO, _ReaderMayLeave(out)), cast(TextIO, _ReaderMayLeave(err))
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -49,6 +49,7 @@ class DeploymentConfig:
     apply: str = "auto"
     prune: bool = True
     allow_rewind: bool = False
+    allow_empty: bool = False
     suspend: bool = False
     parallelism: int = 8
     provider_timeout: float = 300.0
@@ -128,7 +129,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
     return found
 
 
-BOOLEAN_KEYS = {"prune", "allow_rewind", "suspend", "restrict_eval"}
+BOOLEAN_KEYS = {"prune", "allow_rewind", "allow_empty", "suspend", "restrict_eval"}
 INTEGER_KEYS = {"parallelism"}
 
 
@@ -265,6 +266,7 @@ KEYS = {
     "apply",
     "prune",
     "allow_rewind",
+    "allow_empty",
     "suspend",
     "parallelism",
     "provider_timeout",
@@ -349,6 +351,7 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         apply=apply,
         prune=flag("prune", True),
         allow_rewind=flag("allow_rewind", False),
+        allow_empty=flag("allow_empty", False),
         suspend=flag("suspend", False),
         parallelism=parallelism,
         provider_timeout=duration(table.get("provider_timeout", "5m"), where(prefix + ".provider_timeout")),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,11 +21,11 @@ from controller.apply import Event, Executor, Outcome, now
 from controller.errors import DeploymentError, NixgitopsError
 from controller.evaluation import Evaluation, NixEvaluator
 from controller.graph import closure, describe_cycle, find_cycle, invert
-from controller.journal import Journal
+from controller.journal import Journal, read_entries, unresolved
 from controller.model import DesiredResource, EvalLimits, ProviderSpec, ResourceState
 from controller.planning import Action, Plan
 from controller.provider_client import Providers
-from controller.recovery import recover
+from controller.recovery import held_back, recover
 from controller.state_branch import (
     DEFAULT_BRANCH,
     DEFAULT_IDENTITY,
@@ -37,9 +37,7 @@ from controller.state_branch import (
 
 
 class Evaluator(Protocol):
-    def evaluate(
-        self, known: Mapping[str, Mapping[str, Any]], *, select: set[str] | None = None, probe: set[str] = ...
-    ) -> Evaluation: ...
+    def evaluate(self, known: Mapping[str, Mapping[str, Any]], *, select: set[str] | None = None) -> Evaluation: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,9 @@ class Planned:
     providers: dict[str, ProviderSpec]
     state: dict[str, ResourceState]
     passes: int
+    held: Mapping[str, str] = field(default_factory=dict)
+    """Paths left out of ``plan`` because an operation that is not settled holds them back, each with why and
+    what to do (see ``Engine.plan``); reported as skipped."""
 
 
 def check_providers(plan: Plan, providers: Mapping[str, ProviderSpec], entry: str) -> None:
@@ -74,8 +75,13 @@ def compute_plan(
     *,
     destroy: bool = False,
     entry: str = "deployment.nix",
+    allow_empty: bool = False,
+    source_commit: str | None = None,
 ) -> Planned:
-    """Evaluate until stable and plan; raises for cycles and for plans that destroy protected resources."""
+    """Evaluate until stable and plan; raises for cycles and for plans that destroy protected resources.
+
+    Without ``allow_empty``, a deployment that declares nothing while state holds resources is refused
+    (``EmptyDeploymentError``, naming ``entry`` and ``source_commit``); ``destroy`` is always allowed."""
     state = dict(state)
     if destroy:
         answer = evaluator.evaluate({}, select=set())
@@ -84,14 +90,12 @@ def compute_plan(
         check_providers(plan, answer.providers, entry)
         return Planned(plan, {}, {}, answer.providers, state, 1)
     unknown: frozenset[str] = frozenset()
-    dependencies: dict[str, frozenset[str]] = {}
     passes = 0
     predicted = False
     while True:
         passes += 1
         known = {p: dict(s.outputs) for p, s in state.items() if p not in unknown}
-        answer = evaluator.evaluate(known, probe=set(unknown - dependencies.keys()))
-        dependencies.update(answer.dependencies)
+        answer = evaluator.evaluate(known)
         plan = planning.plan(answer.resources, state)
         moving = planning.changing(plan)
         if moving == unknown:
@@ -99,18 +103,15 @@ def compute_plan(
         if moving < unknown:
             unknown = moving  # predicted too much; shrinking converges (see docs/decisions.md)
         elif not predicted:
-            # The recorded readers of what changes will wait for it too: one pass instead of one per level.
+            # The readers of what changes will wait for it too: one pass instead of one per level.
             predicted = True
-            edges = {p: s.dependencies for p, s in state.items()} | dependencies
+            edges = {p: s.dependencies for p, s in state.items()} | answer.dependencies
             unknown = frozenset(closure(unknown | moving, invert(edges)) & answer.resources.keys())
         else:
             unknown = unknown | moving
-    edges = {
-        p: (dependencies.get(p, frozenset()) | answer.resources[p].blocked_by) & unknown
-        for p in unknown
-        if p in answer.resources
-    }
-    cycle = find_cycle(edges)
+    dependencies = answer.dependencies
+    # Every edge is a read that happened, so a cycle found here is a real one (see docs/decisions.md).
+    cycle = find_cycle({p: dependencies[p] & unknown for p in unknown if p in dependencies})
     if cycle:
         raise DeploymentError(
             f"The resources in {entry} read each other's outputs in a cycle: {describe_cycle(cycle)}."
@@ -118,6 +119,8 @@ def compute_plan(
         )
     planning.check_protected(plan, entry)
     check_providers(plan, answer.providers, entry)
+    # last: the refusals above are not lifted by allow_empty, so they are reported first
+    planning.check_empty_deployment(plan, answer.resources, entry, commit=source_commit, allow=allow_empty)
     return Planned(plan, answer.resources, dependencies, answer.providers, state, passes)
 
 
@@ -250,20 +253,75 @@ class Engine:
                     ]
                 )
                 self.store.commit(upserts=upserts, deletes=deletes, meta=self.store.load_meta(), message=message)
-            journal.clear(keep=unsettled)
-            if unsettled:
-                raise NixgitopsError(
-                    f"{len(unsettled)} operation(s) of an interrupted run could not be settled, so nothing else was"
-                    " done (planning now could create them twice):\n"
-                    + "\n".join(n for n in notes if "could not be settled" in n)
-                    + "\nMake the provider reachable again and rerun; the journal keeps them until then."
-                )
+            journal.clear(keep=unsettled)  # they hold back their resources and readers (see ``plan``)
             return notes
         finally:
             journal.close()
 
-    def plan(self, *, destroy: bool = False) -> Planned:
-        return compute_plan(self.evaluator, self.load_state(), destroy=destroy, entry=str(self.entry_file))
+    def unsettled(self) -> dict[str, str]:
+        """The paths whose last operation is not settled (the journal holds it with no outcome), each with what
+        to say: why, and what to do."""
+        found: dict[str, str] = {}
+        for intent in unresolved(read_entries(self.journal_path)):
+            path, provider = intent["path"], intent["provider"]["name"]
+            kind = next(iter(intent["message"]), "request")
+            error = str(intent.get("error") or "").strip()
+            if not error:
+                found[path] = (
+                    f"skipped: a {kind} of an interrupted run is not settled yet; the next apply (or controller run)"
+                    " settles it first"
+                )
+                continue
+            found[path] = (
+                f"skipped: its last operation, a {kind}, could not be settled ({error.splitlines()[0]}) Make"
+                f" provider {provider!r} reachable and run again; if the resource is known to be gone, run"
+                f" `nixgitops state rm {path}`."
+            )
+        return found
+
+    def hold_back(self, planned: Planned, unsettled: Mapping[str, str]) -> Planned:
+        """``planned`` without the resources that operations that are not settled hold back (their own paths,
+        their changing readers, what they read that would be deleted), which go to ``Planned.held``."""
+        if not unsettled:
+            return planned
+        edges: dict[str, set[str]] = {}
+        for path, record in planned.state.items():
+            edges.setdefault(path, set()).update(record.dependencies)
+        for path, sources in planned.dependencies.items():
+            edges.setdefault(path, set()).update(sources)
+        for path, desired in planned.desired.items():
+            edges.setdefault(path, set()).update(desired.blocked_by | desired.reads)
+        for intent in unresolved(read_entries(self.journal_path)):
+            journaled = intent.get("record") or {}
+            edges.setdefault(intent["path"], set()).update(journaled.get("dependencies") or ())
+        moving = {Action.CREATE, Action.UPDATE, Action.REPLACE}
+        held = held_back(
+            unsettled,
+            [c.path for c in planned.plan.changes if c.action in moving],
+            edges,
+            [c.path for c in planned.plan.changes if c.action is Action.DELETE],
+        )
+        plan = Plan(tuple(c for c in planned.plan.changes if c.path not in held))
+        return replace(planned, plan=plan, held={**planned.held, **held})
+
+    def plan(
+        self, *, destroy: bool = False, allow_empty: bool = False, exclude: Mapping[str, str] | None = None
+    ) -> Planned:
+        """The plan against the state branch; ``allow_empty`` lets a deployment that declares nothing delete
+        everything in state (see ``planning.check_empty_deployment``).
+
+        ``exclude`` (path -> why; default: ``unsettled()``, the journal's operations that are not settled) and
+        what they hold back are left out of the plan and listed in ``Planned.held``, so a run never plans over an
+        operation whose outcome is unknown, and still does everything else."""
+        planned = compute_plan(
+            self.evaluator,
+            self.load_state(),
+            destroy=destroy,
+            entry=str(self.entry_file),
+            allow_empty=allow_empty,
+            source_commit=None if self.dirty else self.source_commit,  # a dirty tree is not that commit
+        )
+        return self.hold_back(planned, self.unsettled() if exclude is None else exclude)
 
     def apply(self, planned: Planned, *, report: Callable[[Event], None] = lambda e: None) -> RunResult:
         """Carry out ``planned`` and commit what was done to the state branch, even when some of it failed."""
@@ -281,10 +339,12 @@ class Engine:
             source_commit=self.source_commit,
             report=report,
             journal=journal,
+            base_rank=1 + max((s.rank for s in planned.state.values()), default=0),
         )
         try:
             with executor.providers, self.evaluator.session():
                 executor.run(planned.plan, planned.desired, planned.dependencies, planned.state)
+            self._refresh_edges(executor)
         finally:
             try:
                 started = time.monotonic()
@@ -295,6 +355,28 @@ class Engine:
             finally:
                 journal.close()
         return RunResult(executor.outcomes, commit, _counts(executor.outcomes), seconds)
+
+    def _refresh_edges(self, executor: Executor) -> None:
+        """The edges of the resources whose inputs became known during the run, read again in one pass with
+        every output final, where string taint finds every output string they kept (passes during the run
+        see reads only as traced; see docs/decisions.md, "Dependency edges")."""
+        paths = {p for p in executor.reevaluated if p in executor.state and executor.outcomes.get(p, None) is not None}
+        paths = {p for p in paths if executor.outcomes[p].status == "ok"}
+        if not paths:
+            return
+        known = {p: s.outputs for p, s in executor.state.items()}
+        try:
+            answer = self.evaluator.evaluate(known, select=paths)
+        except NixgitopsError as exc:  # the edges seen during the run stand; the order of deletes is kept by rank
+            if self.log is not None:
+                self.log(f"could not read the dependency edges again after the run: {str(exc).splitlines()[0]}")
+            return
+        for path in paths:
+            resource = answer.resources.get(path)
+            if resource is None:
+                continue
+            edges = (resource.reads | executor.reads_seen.get(path, set())) - {path}
+            executor.state[path] = replace(executor.state[path], dependencies=tuple(sorted(edges)))
 
     def commit(
         self,

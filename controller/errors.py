@@ -7,6 +7,7 @@
     │   ├── EvaluationError        Nix could not evaluate the deployment (carries Nix's own message)
     │   ├── DeploymentError        it evaluated, but is not a valid deployment (unknown provider, cycle, ...)
     │   └── PlanError              the plan is refused (``lifecycle.preventDestroy``)
+    │       └── EmptyDeploymentError   it declares nothing, so the plan would delete everything in state
     ├── ProviderError              a provider failed one request (error response, crash, timeout, bad line)
     └── StateError                 the state branch cannot be read or written
 
@@ -39,11 +40,21 @@ class PlanError(UserError):
     """The plan was computed but must not be applied (for example it would destroy a protected resource)."""
 
 
+class EmptyDeploymentError(PlanError):
+    """The deployment declares no resource while state holds some: its plan would delete everything.
+
+    Refused unless allowed (``--allow-empty``, ``allow_empty = true``); the controller reports it as ``refused``.
+    """
+
+
 class ProviderError(NixgitopsError):
     """A provider could not carry out one request.
 
-    ``fatal`` is true when the process is no longer usable (it died, hung or broke the protocol) and has been
-    stopped; an ``errorResponse`` leaves the process healthy and ``fatal`` false.
+    ``fatal`` is true when the outcome of the request is unknown: the process was killed by a signal, or stopped
+    by nixgitops (it hung past the timeout or broke the protocol), while it held the request; the journal keeps
+    such an operation for recovery to settle. ``fatal`` is false when the request failed and changed nothing: an
+    ``errorResponse`` (the process stays in the pool), or a process that ended by itself, with any exit status,
+    before it answered (it is replaced). See docs/provider-protocol.md, "When a provider fails".
     """
 
     def __init__(self, message: str, *, fatal: bool = False) -> None:

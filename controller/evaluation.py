@@ -9,6 +9,7 @@ that the error shows Nix's own message and location.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from controller.model import (
     ProviderSpec,
 )
 from controller.nix_repl import NeedsStore, NixRepl, ReplTimeout, ReplUnavailable
-from controller.processes import CommandFailed, run
+from controller.processes import KEPT_LIMIT, CommandFailed, run
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
 PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*(?:\.[A-Za-z_][A-Za-z0-9_'-]*)*$")  # a dotted path of names
@@ -90,8 +91,11 @@ class Evaluation:
 
     resources: dict[str, DesiredResource]
     providers: dict[str, ProviderSpec]
-    dependencies: dict[str, frozenset[str]] = field(default_factory=dict)
-    """For each probed resource, the resources whose outputs its inputs read."""
+
+    @property
+    def dependencies(self) -> dict[str, frozenset[str]]:
+        """For each evaluated resource, the resources whose outputs its inputs read."""
+        return {p: r.reads for p, r in self.resources.items()}
 
 
 def harness_path() -> Path:
@@ -111,44 +115,70 @@ def local_provider_spec() -> ProviderSpec:
     )
 
 
+TAG_PREFIX = "/nix/store/00000000000000000000000000000000-nixgitops-"  # the taint of a known output (harness)
+KNOWN_ATTRIBUTES = {"resource": ("type", "inputs", "lifecycle"), "composite": ("members",)}
+
+
 @dataclass
 class _Traces:
-    """What the harness's markers on stderr say: who was blocked by whom, who reads whom."""
+    """What the harness's markers on stderr say: which resources each resource's evaluation read."""
 
-    blocked: dict[str, dict[str, set[str]]] = field(default_factory=dict)
-    user_errors: list[tuple[str, str]] = field(default_factory=list)
     reads: dict[str, set[str]] = field(default_factory=dict)
+    """Every resource whose outputs were forced during the resource's evaluation (first forces of known outputs,
+    and every read of an unknown one)."""
+    unknown: dict[str, set[str]] = field(default_factory=dict)
+    """The resources whose unknown outputs the resource read (what it waits for)."""
+    user_errors: list[tuple[str, str]] = field(default_factory=list)
     other: list[str] = field(default_factory=list)
 
 
 def parse_traces(stderr: str) -> _Traces:
+    """Attribute the harness's markers to resources: the reads traced since the previous marker belong to the
+    resource whose end marker (``done P``) comes next; those before ``start`` to nobody. A field that failed
+    without reading an unknown output failed by the deployment's own ``throw`` or ``assert``."""
     traces = _Traces()
-    current = ""
-    probing: str | None = None
-    pending: set[str] = set()
+    reads: set[str] = set()
+    unknown: set[str] = set()
+    failed: list[str] = []
+    pending = False  # an unknown output was read since the last failed field
     for line in stderr.splitlines():
         if not line.startswith(_MARK):
             if line.strip():
                 traces.other.append(line)
             continue
         kind, _, arg = line[len(_MARK) :].partition(" ")
-        if kind == "eval":
-            current, probing, pending = arg, None, set()
-        elif kind == "probe":
-            probing = arg
-            traces.reads.setdefault(arg, set())
+        if kind == "read":
+            reads.add(arg)
         elif kind == "unknown":
-            if probing is not None:
-                traces.reads[probing].add(arg)
-            else:
-                pending.add(arg)
+            reads.add(arg)
+            unknown.add(arg)
+            pending = True
         elif kind == "blocked":
-            if pending:
-                traces.blocked.setdefault(current, {})[arg] = pending
-            else:
-                traces.user_errors.append((current, arg))
-            pending = set()
+            if not pending:
+                failed.append(arg)
+            pending = False
+        elif kind == "done":  # most resources read nothing: nothing is allocated for them
+            if reads:
+                traces.reads[arg], reads = reads, set()
+            if unknown:
+                traces.unknown[arg], unknown = unknown, set()
+            if failed:
+                traces.user_errors.extend((arg, f) for f in failed)
+                failed = []
+            pending = False
+        elif kind == "start":
+            reads, unknown, failed, pending = set(), set(), [], False
     return traces
+
+
+def _untag(key: str) -> str:
+    return key[len(TAG_PREFIX) :].replace("?", "'")
+
+
+def _taint_refused(text: str) -> bool:
+    """Whether Nix failed because the deployment used a tainted output string where Nix refuses a string with
+    context (``builtins.fromJSON``, an attribute name, a path): then evaluate again without taint."""
+    return TAG_PREFIX in text or "is not allowed to refer to a store path" in text
 
 
 class NixEvaluator:
@@ -176,6 +206,7 @@ class NixEvaluator:
         self._checked_types: set[str] = set()  # resource types already found served by a declared provider
         self._persistent = False  # within session(): selective passes go to one `nix repl` ...
         self._repl: NixRepl | None = None  # ... started at the first of them
+        self.taint = True  # string context as taint in nix-instantiate passes, until the deployment refuses it
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -208,9 +239,9 @@ class NixEvaluator:
         known: Mapping[str, Mapping[str, Any]],
         *,
         select: Iterable[str] | None = None,
-        probe: Iterable[str] = (),
     ) -> Evaluation:
-        """Evaluate the selected resources (all when ``select`` is None), with ``known`` outputs final."""
+        """Evaluate the selected resources (all when ``select`` is None), with ``known`` outputs final. Each
+        resource comes with the resources its inputs read (``DesiredResource.reads``)."""
         if not self.entry_file.is_file():
             raise EvaluationError(
                 f"The deployment entry file {self.entry_file} does not exist. Create it, or point --dir/--file at it."
@@ -219,7 +250,7 @@ class NixEvaluator:
             "deployment": str(self.entry_file),
             "known": known if isinstance(known, KnownOutputs) else dict(known),
             "select": None if select is None else [p.split(".") for p in sorted(select)],
-            "probe": [p.split(".") for p in sorted(probe)],
+            "taint": False,
             "focus": None,
         }
         answer, traces = self._run(args, persistent=select is not None and self._persistent)
@@ -237,14 +268,32 @@ class NixEvaluator:
             found = answer.get("shape", {}).get(key, "set")
             if found != wanted:
                 raise DeploymentError(f"`{key}` in {self.where} must be an attribute set, not a {found}.")
+        extra = answer.get("shape", {}).get("extra", [])
+        if extra:
+            raise DeploymentError(
+                f"{self.where} has {_names(extra)} at its top level, which nixgitops does not know: a deployment"
+                " is a function (or an attribute set) with `members` and optionally `providers`."
+                + _suggest(extra[0], ("members", "providers"))
+                + (
+                    " This looks like a flake: point nixgitops at the file that declares the members."
+                    if {"outputs", "inputs"} & set(extra)
+                    else ""
+                )
+            )
         providers = self._providers(answer.get("providers", {}))
         self._checked_types = set()
         resources: dict[str, DesiredResource] = {}
+        nothing: frozenset[str] = frozenset()
         for item in answer.get("resources", []):
-            desired = self._resource(item, providers, traces.blocked.get(item["p"], {}), answer.get("markers", True))
+            path = item["p"]
+            traced, tags = traces.reads.get(path), item.get("r")
+            reads = nothing
+            if traced or tags:
+                reads = frozenset((traced or set()).union(_untag(k) for k in tags or ()) - {path})
+            blocked = frozenset(traces.unknown[path]) if path in traces.unknown else nothing
+            desired = self._resource(item, providers, blocked, reads, answer.get("markers", True))
             resources[desired.path] = desired
-        dependencies = {p: frozenset(r - {p}) for p, r in traces.reads.items()}
-        return Evaluation(resources, providers, dependencies)
+        return Evaluation(resources, providers)
 
     # -- running Nix ---------------------------------------------------------------------------------------
 
@@ -255,6 +304,23 @@ class NixEvaluator:
                 return self._run_in_repl(args)
             except (NeedsStore, ReplUnavailable) as exc:
                 self._fall_back(exc)
+        if not self.taint or args.get("focus") is not None:
+            return self._instantiate(args)
+        try:
+            return self._instantiate(dict(args, taint=True))
+        except EvaluationError as exc:
+            if not _taint_refused(str(exc)):
+                raise
+        self.taint = False  # the deployment uses an output string where Nix refuses string context
+        if self.log is not None:
+            self.log(
+                "the deployment uses an output where Nix refuses a string with context (builtins.fromJSON, an"
+                " attribute name, a path): dependency edges come from traced reads only (see docs/decisions.md)"
+            )
+        return self._instantiate(args)
+
+    def _instantiate(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
+        """One pass with ``nix-instantiate``."""
         known = args["known"]
         if isinstance(known, KnownOutputs):
             args = dict(args, known=known.snapshot())
@@ -283,6 +349,7 @@ class NixEvaluator:
                     cwd=str(self.entry_file.parent),
                     check=False,
                     timeout=self.limits.timeout,
+                    keep_stderr=lambda line: line.startswith(_MARK),  # the markers; of the rest, the end
                 )
             except CommandFailed as exc:
                 if exc.returncode is None and "did not finish" in str(exc):
@@ -300,6 +367,11 @@ class NixEvaluator:
             )
         if done.returncode != 0 and (error := limit_error(done.stderr, self.limits, self.where)) is not None:
             raise error
+        if "(nixgitops stopped the command (SIGKILL)" in done.stderr:
+            raise EvaluationError(
+                f"Evaluating {self.where} was stopped: the deployment printed more than {KEPT_LIMIT // 1024**2} MiB"
+                " of lines that look like nixgitops's own markers (`trace: nixgitops:`). Remove those traces."
+            )
         if done.returncode < 0 or done.returncode > 128:
             signal_number = -done.returncode if done.returncode < 0 else done.returncode - 128
             raise EvaluationError(
@@ -340,7 +412,7 @@ class NixEvaluator:
         return _decode(text), parse_traces("\n".join(printed))
 
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
-        focus = dict(args, focus={"path": path.split(".")}, select=None, probe=[])
+        focus = dict(args, focus={"path": path.split(".")}, select=None, taint=False)
         where = f"at {at}" if at else f"in {self.where}"
         what = f"The inputs of resource {path!r}" if fieldname == "*" else f"Input {fieldname!r} of resource {path!r}"
         try:
@@ -382,13 +454,23 @@ class NixEvaluator:
         self,
         item: Mapping[str, Any],
         providers: Mapping[str, ProviderSpec],
-        blocked: Mapping[str, set[str]],
+        blocked: frozenset[str],
+        reads: frozenset[str],
         markers: bool = True,
     ) -> DesiredResource:
         path: str = item["p"]
         where = f"member {path!r} in {self.where}"
+        if item.get("x"):
+            kind = "resource" if item["k"] == "resource" else "composite"
+            known = KNOWN_ATTRIBUTES[kind]
+            first = item["x"][0]
+            raise DeploymentError(
+                f"{where} has {_names(item['x'])}, which nixgitops does not know: a {kind} has only"
+                f" {_names(known)}{' (and lifecycle.preventDestroy)' if kind == 'resource' else ''}."
+                + _suggest(first.removeprefix("lifecycle."), ("preventDestroy",) if "." in first else known)
+            )
         if item["k"] == "resource" and item.get("t") in self._checked_types and PATH.match(path):
-            return self._inputs(item, where, blocked, markers)  # the common case, checked quickly
+            return self._inputs(item, where, blocked, reads, markers)  # the common case, checked quickly
         for part in [item["n"]] if item.get("n") else path.split("."):
             if not NAME.match(part):
                 raise DeploymentError(
@@ -428,10 +510,10 @@ class NixEvaluator:
                 f" {', '.join(sorted(providers[provider].resource_types))}."
             )
         self._checked_types.add(rtype)
-        return self._inputs(item, where, blocked, markers)
+        return self._inputs(item, where, blocked, reads, markers)
 
     def _inputs(
-        self, item: Mapping[str, Any], where: str, blocked: Mapping[str, set[str]], markers: bool
+        self, item: Mapping[str, Any], where: str, blocked: frozenset[str], reads: frozenset[str], markers: bool
     ) -> DesiredResource:
         path, rtype = item["p"], item["t"]
         if item["l"] != "set":
@@ -445,10 +527,9 @@ class NixEvaluator:
                     bad = _marker_in(fields, marker)
                     if bad is not None:
                         raise DeploymentError(f"{where}: input {'.'.join(bad)!r} {why}")
-            return DesiredResource(path, rtype, fields, True, frozenset(), item["d"])
+            return DesiredResource(path, rtype, fields, True, frozenset(), item["d"], reads)
         if fields is None:
-            blockers = frozenset(blocked.get("*", set()))
-            return DesiredResource(path, rtype, {}, False, blockers, item["d"])
+            return DesiredResource(path, rtype, {}, False, blocked, item["d"], reads)
         if isinstance(fields, str):
             raise DeploymentError(f"{where}: `inputs` must be an attribute set, not a {fields.strip('<>')}.")
         inputs: dict[str, Any] = {}
@@ -462,8 +543,17 @@ class NixEvaluator:
                         at = ".".join([key, *bad])
                         raise DeploymentError(f"{where}: input {at!r} {why}")
                 inputs[key] = value["v"]
-        blockers = frozenset(q for qs in blocked.values() for q in qs)
-        return DesiredResource(path, rtype, inputs, True, blockers, item["d"])
+        return DesiredResource(path, rtype, inputs, True, blocked, item["d"], reads)
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    """ " Did you mean `x`?" for the known name closest to a misspelt one, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" Did you mean `{close[0]}`?" if close else ""
 
 
 def _hint(text: str) -> str:

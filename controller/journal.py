@@ -67,21 +67,39 @@ class Journal:
         self._write({"kind": "failed", "id": op})
 
     def entries(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
-        if not self.path.exists():
-            return entries
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                break  # a line torn by a crash mid-write: it was never followed by a provider call
-        return entries
+        return read_entries(self.path)
 
     def unresolved(self) -> list[dict[str, Any]]:
         """Intents with neither a result nor a refusal: operations whose outcome is not known."""
+        return unresolved(self.entries())
+
+    def forget(self, paths: set[str]) -> list[dict[str, Any]]:
+        """Drop every entry about ``paths`` (intents, results, refusals), as ``nixgitops state rm`` does; returns
+        the intents dropped. The rest is rewritten to a new file that replaces the journal in one rename."""
         entries = self.entries()
-        settled = {e["id"] for e in entries if e.get("kind") in ("result", "failed")}
-        return [e for e in entries if e.get("kind") == "intent" and e["id"] not in settled]
+        dropped = [e for e in entries if e.get("kind") == "intent" and e.get("path") in paths]
+        ids = {e.get("id") for e in dropped}
+        kept = [
+            e for e in entries if e.get("path") not in paths and not (e.get("kind") == "failed" and e.get("id") in ids)
+        ]
+        if len(kept) == len(entries):
+            return dropped
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for record in kept:
+                handle.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with self._lock:
+            os.replace(tmp, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self._handle.close()
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        return dropped
 
     def clear(self, keep: list[dict[str, Any]] | None = None) -> None:
         """Forget everything but ``keep``: the state branch holds the rest now."""
@@ -93,3 +111,24 @@ class Journal:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """The journal's entries, read without opening it for writing (a missing journal is empty)."""
+    entries: list[dict[str, Any]] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return entries
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            break  # a line torn by a crash mid-write: it was never followed by a provider call
+    return entries
+
+
+def unresolved(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The intents among ``entries`` with neither a result nor a refusal: operations whose outcome is not known."""
+    settled = {e["id"] for e in entries if e.get("kind") in ("result", "failed")}
+    return [e for e in entries if e.get("kind") == "intent" and e["id"] not in settled]

@@ -68,6 +68,8 @@ class DesiredResource(Typed):
     ``inputs`` maps each input field to its JSON value or to ``UNKNOWN`` when the field reads outputs that
     are not known yet. ``inputs_known`` is false when not even the field names could be computed.
     ``blocked_by`` names the resources whose unknown outputs the unknown fields were seen to read.
+    ``reads`` names every resource whose outputs the inputs read, known or unknown (see docs/decisions.md,
+    "Dependency edges", for how exact that is).
     """
 
     path: str
@@ -76,6 +78,7 @@ class DesiredResource(Typed):
     inputs_known: bool = True
     blocked_by: frozenset[str] = frozenset()
     prevent_destroy: bool = False
+    reads: frozenset[str] = frozenset()
 
     @property
     def ready(self) -> bool:
@@ -99,6 +102,7 @@ _RECORD_KEYS: Final = frozenset(
         "sourceCommit",
         "createdAt",
         "updatedAt",
+        "rank",
     )
 )
 
@@ -117,6 +121,9 @@ class ResourceState(Typed):
     created_at: str | None = None
     updated_at: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    """Where the resource's last operation stands in the order of operations: above the rank of every
+    resource it read then (see docs/decisions.md, "Dependency edges"); 0 in records of older versions."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +137,7 @@ class ResourceState(Typed):
             "sourceCommit": self.source_commit,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
+            **({"rank": self.rank} if self.rank else {}),
             **dict(self.extra),
         }
 
@@ -149,6 +157,7 @@ class ResourceState(Typed):
             created_at=data.get("createdAt"),
             updated_at=data.get("updatedAt"),
             extra={k: v for k, v in data.items() if k not in _RECORD_KEYS},
+            rank=int(data.get("rank") or 0),
         )
         return record
 

@@ -19,6 +19,9 @@ Everything printed between two end markers belongs to one request: the harness's
 or Nix's error. Only fixed lines with balanced syntax are sent (data travels in files), so a request can never
 leave the repl waiting for a continuation line. Stdout (the repl's echo and printed values) is discarded.
 
+A deployment may trace without end: the time limit is checked at every line read, and of the lines that are not
+markers only the last ``MAX_LINES`` are kept (``processes.BoundedLines``).
+
 The repl runs against the ``dummy://`` store (or ``NIXGITOPS_NIX_STORE``), which cannot copy anything into
 a store; an evaluation that needs to (``"${./file}"``) fails there, and the caller falls back to
 ``nix-instantiate --readonly-mode`` (see ``NeedsStore``).
@@ -43,12 +46,14 @@ from typing import IO, Any
 
 from controller.errors import EvaluationError
 from controller.model import KnownOutputs
-from controller.processes import spawn
+from controller.processes import KEPT_LIMIT, TAIL_LINES, BoundedLines, read_lines, spawn
 
 INITIAL_HEAP = 32 * 1024 * 1024
-MAX_LINES = 1000  # lines of one answer kept; the rest of a deployment's own trace output is dropped
-RESULT = "trace: nixgitops:result "
-END = "trace: nixgitops:end "
+MAX_LINES = TAIL_LINES  # lines of one answer kept besides the markers: the last; the others are dropped
+MARK = "trace: nixgitops:"  # how the harness's markers start: always kept
+RESULT = f"{MARK}result "
+END = f"{MARK}end "
+QUEUE = 256  # lines read ahead of the request's reader, at most
 
 
 class NeedsStore(EvaluationError):
@@ -87,7 +92,7 @@ class NixRepl:
         self._seen: set[str] = set()  # the paths whose outputs the repl has been given
         self._known: KnownOutputs | None = None  # the instance whose changes the repl has seen ...
         self._cursor = 0  # ... up to this index of its change log
-        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._lines: queue.Queue[str | None] = queue.Queue(QUEUE)
         self._closed = False
         # markers no deployment can print by chance or on purpose: it cannot know this session's nonce
         nonce = secrets.token_hex(8)
@@ -113,9 +118,18 @@ class NixRepl:
             raise
 
     def _pump(self, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            self._lines.put(raw.decode(errors="replace").rstrip("\n"))
-        self._lines.put(None)
+        for line in read_lines(stream, whole=self._result.encode()):  # to the end: the repl must not block
+            self._offer(line)
+        self._offer(None)
+
+    def _offer(self, line: str | None) -> None:
+        """Queue ``line`` for the reader, waiting while the queue is full, unless the repl is closed."""
+        while not self._closed:
+            try:
+                self._lines.put(line, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _send(self, *lines: str) -> None:
         assert self.proc.stdin is not None
@@ -132,32 +146,39 @@ class NixRepl:
         except OSError:
             raise ReplUnavailable("`nix repl` exited") from None
 
-    def _answer(self) -> list[str]:
-        """The lines printed for the last request, up to its end marker, within the time limit of the whole
-        request. Lines are kept up to a bound (a deployment may trace without end); the result line always."""
+    def _answer(self) -> tuple[str | None, list[str]]:
+        """The result of the last request (None if it printed none) and the other lines it printed, up to its end
+        marker, within the time limit of the whole request, checked at every line (a deployment may trace without
+        end). The markers are kept, and the last MAX_LINES of the other lines."""
         end = f"{self._end}{self._requests}"
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        lines: list[str] = []
-        dropped = 0
+        result: str | None = None
+        printed = BoundedLines(lambda line: line.startswith(MARK))
         while True:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                self.close(kill=True)
+                raise ReplTimeout(f"`nix repl` did not answer within {self.timeout:g}s")
             try:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 line = self._lines.get(timeout=wait)
             except queue.Empty:
-                self.close(kill=True)
-                raise ReplTimeout(f"`nix repl` did not answer within {self.timeout:g}s") from None
+                continue  # the deadline has passed: stopped above
             if line is None:
                 self.close(kill=True)
-                last = [x for x in lines if x.strip()][-5:]
+                last = [x for x in printed.lines() if x.strip()][-5:]
                 raise ReplUnavailable("`nix repl` exited" + (": " + " / ".join(last) if last else ""))
             if line == end:
-                if dropped:
-                    lines.append(f"({dropped} more lines of trace output were dropped)")
-                return lines
-            if len(lines) < MAX_LINES or line.startswith(self._result):
-                lines.append(line)
-            else:
-                dropped += 1
+                return result, printed.lines()
+            if line.startswith(self._result):  # no deployment can print it: it does not know the nonce
+                result = line[len(self._result) :]
+                continue
+            printed.add(line)
+            if printed.full:
+                self.close(kill=True)
+                raise EvaluationError(
+                    f"The deployment printed more than {KEPT_LIMIT // 1024**2} MiB of lines that start with"
+                    f" `{MARK}`, as the harness's markers do, and was stopped."
+                )
 
     def _file(self, content: Any) -> str:
         self._files += 1
@@ -209,10 +230,9 @@ class NixRepl:
         call = f"__h {{ {argv} called = __c; }}"
         marker = self._result.removeprefix("trace: ")
         self._send(*sync, f'builtins.trace ("{marker}" + builtins.toJSON ({call})) null')
-        lines = self._answer()
-        for i, line in enumerate(lines):
-            if line.startswith(self._result):
-                return line[len(self._result) :], lines[:i] + lines[i + 1 :]
+        result, lines = self._answer()
+        if result is not None:
+            return result, lines
         text = "\n".join(lines)
         for line in lines:
             if "is not supported by store" in line:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from controller.errors import PlanError
+from controller.errors import EmptyDeploymentError, PlanError
 from controller.model import ABSENT, UNKNOWN, DesiredResource, ResourceState, provider_of
 
 
@@ -163,6 +163,33 @@ def check_protected(plan: Plan, entry_file: str = "deployment.nix") -> None:
             + f"\nNothing was changed. To destroy them on purpose, set lifecycle.preventDestroy = false on each in"
             f" {entry_file} and apply that first; otherwise undo the change that removes or replaces them."
         )
+
+
+def check_empty_deployment(
+    plan: Plan,
+    desired: Mapping[str, DesiredResource],
+    entry_file: str = "deployment.nix",
+    *,
+    commit: str | None = None,
+    allow: bool = False,
+) -> None:
+    """Refuse a plan that would delete every resource in state because the deployment declares none.
+
+    A deployment that evaluates to nothing (a file whose value has no ``members``, the wrong ``file``) is almost
+    always a mistake, and applying it would delete everything. Pure: no I/O; ``allow`` (from
+    ``--allow-empty`` or ``allow_empty = true``) lets it through. ``destroy`` plans are not checked here.
+    """
+    deletes = sum(1 for c in plan.changes if c.action is Action.DELETE)
+    if allow or desired or deletes == 0:
+        return
+    where = f"{entry_file} (commit {commit[:12]})" if commit else entry_file
+    raise EmptyDeploymentError(
+        f"{where} declares no resources, so this plan would delete every resource in state ({deletes}"
+        f" resource{'' if deletes == 1 else 's'}). Nothing was changed. This is usually a mistake: the wrong entry"
+        " file, or a file whose value has no `members`. To delete everything on purpose, run"
+        " `nixgitops destroy`; to apply the empty deployment anyway, pass --allow-empty to `nixgitops plan` and"
+        " `nixgitops apply`, or set allow_empty = true for the deployment in the controller configuration."
+    )
 
 
 def without_deletes(plan: Plan) -> Plan:

@@ -1,16 +1,30 @@
 """The one place that starts processes: one-shot commands (``run``) and long-lived ones (``spawn``).
 
 Every failure names the command line, the exit code and what the command printed, so a user can rerun it.
+
+A command may print without end (a Nix deployment tracing in a loop): ``read_lines`` and ``BoundedLines`` keep
+what is read of such output within fixed bounds, for ``run(keep_stderr=...)`` and for the callers of ``spawn``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from controller.errors import NixgitopsError
+
+LINE_LIMIT = 64 * 1024  # bytes kept of one line (see read_lines)
+TAIL_LINES = 1000  # lines kept of the output that is not kept whole (see BoundedLines) ...
+TAIL_BYTES = 256 * 1024  # ... and bytes
+KEPT_LIMIT = 64 * 1024**2  # bytes of the lines kept whole (counting Python's cost of a line), beyond which a command
+# is stopped: a deployment may print lines that look like the harness's markers, and as many as it likes
 
 
 class CommandFailed(NixgitopsError):
@@ -40,8 +54,13 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     check: bool = True,
+    keep_stderr: Callable[[str], bool] | None = None,
 ) -> Completed:
-    """Run a command to completion and capture its output as text."""
+    """Run a command to completion and capture its output as text. With ``keep_stderr``, what is kept of stderr is
+    bounded (see ``BoundedLines``: the lines ``keep_stderr`` accepts, and the end of the others); stdout is kept
+    whole all the same."""
+    if keep_stderr is not None:
+        return _run_bounded(argv, cwd, env, input, timeout, check, keep_stderr)
     try:
         proc = subprocess.run(
             list(argv),
@@ -64,6 +83,156 @@ def run(
     if check and proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stdout, proc.stderr, f"exited with code {proc.returncode}")
     return result
+
+
+def _run_bounded(
+    argv: Sequence[str],
+    cwd: str | None,
+    env: Mapping[str, str] | None,
+    input: str | None,
+    timeout: float | None,
+    check: bool,
+    keep: Callable[[str], bool],
+) -> Completed:
+    """``run`` with stderr read line by line into ``BoundedLines``; a command whose kept lines reach KEPT_LIMIT is
+    stopped (SIGKILL), and its stderr is then only a line that says why."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise CommandFailed(argv, None, "", "", f"could not start: {exc.strerror}") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout: list[bytes] = []
+    stderr = BoundedLines(keep)
+    lock = threading.Lock()  # stderr is read while the reader may still add to it (a child holding the pipe open)
+
+    def read_stderr(stream: IO[bytes]) -> None:
+        nonlocal stderr
+        stopped = False
+        for line in read_lines(stream):  # to the end, past a stop: the command must not block on a full pipe
+            if stopped:
+                continue
+            with lock:
+                stderr.add(line)
+                if stopped := stderr.full:
+                    proc.kill()
+                    stderr = BoundedLines(keep)
+                    stderr.add(
+                        f"(nixgitops stopped the command (SIGKILL): it printed more than {KEPT_LIMIT // 1024**2} MiB"
+                        " of the lines that are always kept; what it printed was dropped)"
+                    )
+
+    def write_stdin(stream: IO[bytes], text: str) -> None:
+        with contextlib.suppress(OSError):  # a command that exits without reading all its input
+            stream.write(text.encode())
+        with contextlib.suppress(OSError):
+            stream.close()
+
+    threads = [
+        threading.Thread(target=lambda out: stdout.append(out.read()), args=(proc.stdout,), daemon=True),
+        threading.Thread(target=read_stderr, args=(proc.stderr,), daemon=True),
+    ]
+    if input is not None:
+        assert proc.stdin is not None
+        threads.append(threading.Thread(target=write_stdin, args=(proc.stdin, input), daemon=True))
+    for thread in threads:
+        thread.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    finished = True
+    try:
+        # The end of the output first: joining a thread sleeps until it ends, where Popen.wait(timeout) polls
+        # with sleeps of up to 50 ms (measured: 30-50 ms added to every evaluation).
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            finished = finished and not thread.is_alive()
+        if finished:
+            proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        finished = False
+    if not finished:
+        proc.kill()
+        proc.wait()
+        for thread in threads:
+            thread.join(timeout=5)
+    if not any(thread.is_alive() for thread in threads):  # else a child of the command still holds them
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # flushing what a dead command did not read
+                    stream.close()
+    with lock:
+        err = stderr.text()
+    out = b"".join(stdout).decode(errors="replace") if stdout else ""
+    if not finished:
+        raise CommandFailed(argv, None, out, err, f"did not finish within {timeout:g}s")
+    if check and proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, out, err, f"exited with code {proc.returncode}")
+    return Completed(list(argv), proc.returncode, out, err)
+
+
+def read_lines(stream: IO[bytes], *, whole: bytes | None = None) -> Iterator[str]:
+    """The lines of ``stream`` as text, without their newline. A line longer than LINE_LIMIT bytes is cut there,
+    with a note of how much was dropped, unless it starts with ``whole``."""
+    while chunk := stream.readline(LINE_LIMIT):
+        if chunk.endswith(b"\n") or len(chunk) < LINE_LIMIT:  # shorter without a newline: the last line
+            yield chunk.decode(errors="replace").rstrip("\n")
+            continue
+        parts, dropped, keep = [chunk], 0, whole is not None and chunk.startswith(whole)
+        while more := stream.readline(LINE_LIMIT):
+            if keep:
+                parts.append(more)
+            else:
+                dropped += len(more.rstrip(b"\n"))
+            if more.endswith(b"\n"):
+                break
+        text = b"".join(parts).decode(errors="replace").rstrip("\n")
+        yield text + (f" [... {dropped} more bytes of this line were dropped]" if dropped else "")
+
+
+class BoundedLines:
+    """Lines of a command's output, kept within bounds, in their order: every line ``keep`` accepts (up to
+    KEPT_LIMIT bytes in all: then ``full``), and of the others the last TAIL_LINES (and TAIL_BYTES), after a line
+    saying how many were dropped before them."""
+
+    def __init__(self, keep: Callable[[str], bool]) -> None:
+        self.keep = keep
+        self.count = 0
+        self.dropped = 0
+        self._kept: list[tuple[float, str]] = []
+        self._kept_bytes = 0
+        self._tail: deque[tuple[float, str]] = deque()
+        self._tail_bytes = 0
+
+    @property
+    def full(self) -> bool:
+        return self._kept_bytes >= KEPT_LIMIT
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if self.keep(line):
+            self._kept.append((self.count, line))
+            self._kept_bytes += len(line) + 64  # with the cost of a str and of its slot in the list
+            return
+        self._tail.append((self.count, line))
+        self._tail_bytes += len(line)
+        while len(self._tail) > TAIL_LINES or (self._tail_bytes > TAIL_BYTES and len(self._tail) > 1):
+            self._tail_bytes -= len(self._tail.popleft()[1])
+            self.dropped += 1
+
+    def lines(self) -> list[str]:
+        lines = sorted([*self._kept, *self._tail])
+        if self.dropped:  # before the first line of the tail: the lines dropped came before it
+            lines.append((self._tail[0][0] - 0.5, f"({self.dropped} earlier lines of output were dropped)"))
+            lines.sort()
+        return [line for _, line in lines]
+
+    def text(self) -> str:
+        return "".join(f"{line}\n" for line in self.lines())
 
 
 def spawn(

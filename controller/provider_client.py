@@ -3,6 +3,12 @@
 The wire has no request ids, so a process is leased to one caller for one request. A run keeps up to
 ``size`` processes per provider and closes them (EOF on stdin) at the end. A process that dies, hangs past
 the timeout or breaks the protocol is stopped and replaced; an ``errorResponse`` leaves it in the pool.
+
+What a failure means for the request (``ProviderError.fatal``, see docs/provider-protocol.md): an
+``errorResponse``, and a process that ends by itself (any exit status) or had ended before the request was
+sent, without a response line, have *failed* the request: nothing happened. A process killed by a signal, or
+stopped by us (timeout, a broken protocol), leaves the outcome *unknown*: the journal keeps the operation for
+recovery to settle.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ from controller.model import ProviderSpec
 from controller.processes import spawn
 
 Log = Callable[[str], None]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 class ProviderProcess:
@@ -89,7 +102,7 @@ class ProviderProcess:
             self.proc.stdin.write(protocol.encode(message))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            self._fail(f"had exited before {what} could be sent")
+            self._fail(f"had exited before {what} could be sent", kind=kind, sent=False)
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
@@ -99,7 +112,7 @@ class ProviderProcess:
                 fatal=True,
             ) from None
         if not line:
-            self._fail(f"exited while handling {what}")
+            self._fail(f"exited while handling {what}", kind=kind, sent=True)
         try:
             return protocol.decode_response(line, kind)
         except protocol.ErrorReply as exc:
@@ -112,15 +125,34 @@ class ProviderProcess:
                 fatal=True,
             ) from None
 
-    def _fail(self, what: str) -> None:
+    def _fail(self, what: str, *, kind: str, sent: bool) -> None:
+        """The process ended without answering. It exited by itself (any status) or never got the request: the
+        request failed and nothing happened. Killed by a signal, or stopped by us: the outcome is unknown."""
+        stopped = False
         try:
-            code = self.proc.wait(timeout=5)
+            code: int | None = self.proc.wait(timeout=5)
         except Exception:
             self.stop()
+            stopped = True
             code = self.proc.returncode
+        if stopped or code is None:
+            how, unknown = "(it closed its output but did not end within 5s, so it was stopped)", sent
+        elif code < 0:
+            how, unknown = f"(killed by signal {_signal_name(-code)})", sent
+        else:
+            how, unknown = f"(exit code {code})", False
+        if unknown:
+            meaning = (
+                " Whether it carried out the request is not known: the journal keeps the operation, and the next run"
+                " settles it before it touches this resource."
+            )
+        else:
+            meaning = " It did not answer, so the request counts as failed: nothing was changed or recorded."
+            if kind in (protocol.DESTROY, protocol.READ):
+                meaning += f" ({kind} is an extension of NixOps4's protocol; this provider may not implement it.)"
         raise ProviderError(
-            f"Provider {self.spec.name!r} ({self.spec.executable}) {what} (exit code {code}).{self._tail()}",
-            fatal=True,
+            f"Provider {self.spec.name!r} ({self.spec.executable}) {what} {how}.{meaning}{self._tail()}",
+            fatal=unknown,
         )
 
     def _tail(self) -> str:

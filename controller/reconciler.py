@@ -6,6 +6,8 @@ Outcomes, and what the scheduler does next:
     success, no-change     applied (or nothing to do) and the state branch pushed: wait for the next poll
     planned                apply = "plan-only": the plan is in the status file
     evaluation-failed      the commit does not evaluate or plan: not retried until a new commit or a forced run
+    refused                it declares no resources, so its plan would delete everything: planned again at each
+                           poll (allow_empty = true lets it through)
     rejected, unverified   the branch moved backwards / the head is not signed by a trusted key: not applied
     failed                 some operations failed: retried with backoff
     unavailable            a remote could not be reached: retried with backoff
@@ -35,7 +37,7 @@ from controller.apply import Event
 from controller.config import Config, DeploymentConfig
 from controller.drift import detect
 from controller.engine import Engine, Settings
-from controller.errors import NixgitopsError, UserError
+from controller.errors import EmptyDeploymentError, NixgitopsError, UserError
 from controller.metrics import Metrics
 from controller.plan_render import plan_json
 from controller.planning import Plan, without_deletes
@@ -373,14 +375,21 @@ class Reconciler:
             log=self.log,
             source_root=checkout,
         )
-        for note in engine.recover():  # raises, keeping everything, if an operation cannot be settled yet
+        for note in engine.recover():  # what cannot be settled stays in the journal and holds back its resources
             if self.log is not None:
                 self.log(f"[{d.name}] recovered: {note}")
-        for old in self.checkouts.iterdir():  # the journal is empty: older checkouts (its providers) can go
-            if old.name != head:
+        for old in self.checkouts.iterdir() if not engine.pending_recovery() else ():
+            if old.name != head:  # the journal is empty: older checkouts (its providers) can go
                 shutil.rmtree(old, ignore_errors=True)
         try:
-            planned = engine.plan()
+            planned = engine.plan(allow_empty=d.allow_empty or not d.prune)  # without prune nothing is deleted
+        except EmptyDeploymentError as exc:
+            self._timed(record, "evaluate", started)
+            self.failed_evaluation = None  # it evaluates: plan it again at each poll, so allow_empty takes effect
+            state = engine.load_state()
+            engine.commit(state, state, {}, note="plan refused: the deployment declares no resources")
+            self._push(record)
+            raise Stop("refused", str(exc)) from None
         except UserError as exc:
             self._timed(record, "evaluate", started)
             self.failed_evaluation = head
@@ -414,6 +423,10 @@ class Reconciler:
             record.state_commit = engine.commit(state, state, {})
             committing = time.monotonic() - began
             outcome, message = "no-change", "nothing to do"
+        if planned.held:  # operations that are not settled held these back (Engine.plan): not everything was done
+            held = "; ".join(f"{p}: {why}" for p, why in sorted(planned.held.items()))
+            outcome, message = "failed", "; ".join(m for m in (message if outcome == "failed" else "", held) if m)
+            message = message[:2000]
         self._timed(record, "apply", started)
         record.phases["apply"] = round(max(0.0, record.phases["apply"] - committing), 6)
         record.phases["commit"] = round(committing, 6)

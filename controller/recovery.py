@@ -5,17 +5,25 @@ provider worked) is settled: first its provider process is allowed to finish (it
 answers to nobody), then the provider is asked with ``readResourceRequest`` whether the resource exists as
 intended; if it cannot tell, the operation is repeated (providers are asked to make operations idempotent).
 Each settlement is reported, so nothing is silently duplicated or forgotten.
+
+A repeated delete that the provider *fails* (``errorResponse``, or it ends by itself without answering) is
+settled as failed: the resource stays in state, and the failure is reported. A create or update whose repeat
+fails stays unsettled (the original may have happened). An operation that cannot be settled is kept in the
+journal and holds back only its own resource and the resources that read it (``held_back``); the rest of the
+run goes on. ``nixgitops state rm PATH`` forgets it when the resource is known to be gone.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from controller import protocol
 from controller.errors import ProviderError
+from controller.graph import invert
 from controller.journal import Journal
 from controller.model import ProviderSpec, ResourceState
 from controller.provider_client import Providers
@@ -44,7 +52,15 @@ def _settle(intent: dict[str, Any], providers: Providers, state: dict[str, Resou
     name = intent["provider"]["name"]
     what = f"{kind} for {path!r} (interrupted)"
     if kind == protocol.DESTROY:
-        providers.call(name, message, what=what)
+        try:
+            providers.call(name, message, what=what)
+        except ProviderError as exc:
+            if exc.fatal:
+                raise
+            return (
+                f"{path}: a delete was in flight; repeating it FAILED, so the resource stays in state (the next plan"
+                f" deletes it again; `nixgitops state rm {path}` forgets it if it is known to be gone): {exc}"
+            )
         state.pop(path, None)
         return f"{path}: a delete was in flight; it was repeated and the resource is gone"
     record = ResourceState.from_json(intent["record"])
@@ -83,7 +99,11 @@ def recover(
         if entry["state"] is None:
             state.pop(entry["path"], None)
         else:
-            state[entry["path"]] = ResourceState.from_json(entry["state"])
+            done = ResourceState.from_json(entry["state"])
+            current = state.get(entry["path"])
+            # the state commit may already hold this very record with its edges read again after the run
+            if current is None or replace(current, dependencies=done.dependencies, rank=done.rank) != done:
+                state[entry["path"]] = done
     pending = journal.unresolved()
     unsettled: list[dict[str, Any]] = []
     if not pending:
@@ -101,6 +121,45 @@ def recover(
             try:
                 notes.append(_settle(intent, providers, state))
             except ProviderError as exc:
-                unsettled.append(intent)
+                unsettled.append({**intent, "pid": 0, "error": str(exc)})  # its process is gone or given up on
                 notes.append(f"{intent['path']}: an interrupted operation could not be settled yet: {exc}")
     return notes, unsettled
+
+
+def held_back(
+    unsettled: Mapping[str, str],
+    changing: Iterable[str],
+    edges: Mapping[str, Iterable[str]],
+    deleting: Iterable[str] = (),
+) -> dict[str, str]:
+    """What operations that are not settled hold back, with why: each unsettled path, every resource to create,
+    update or replace that reads one of them (through ``edges``, reader -> sources, following readers that
+    change), and each resource to delete that one of them reads. Pure: no I/O.
+
+    ``unsettled`` maps each path to what to say of it; ``changing``: the paths the plan creates, updates or
+    replaces; ``edges``: every known reader -> sources edge (state records' ``dependencies``, evaluation's, the
+    unsettled operations' own records); ``deleting``: the paths the plan deletes. A reader's delete is not held
+    back: it reads nothing.
+    """
+    moving = set(changing)
+    readers = invert(edges)
+    held = dict(unsettled)
+    todo = list(unsettled)
+    roots: dict[str, set[str]] = {p: {p} for p in unsettled}
+    while todo:
+        source = todo.pop()
+        for reader in sorted(readers.get(source, ())):
+            if reader in unsettled or reader not in moving:
+                continue
+            known = roots.setdefault(reader, set())
+            if not roots[source] <= known:
+                known |= roots[source]
+                todo.append(reader)  # again, so what it adds reaches its own readers
+    for path in sorted(roots.keys() - unsettled.keys()):
+        names = ", ".join(sorted(roots[path]))
+        held[path] = f"skipped: it reads {names}, whose last operation is not settled; it runs once that one is"
+    for path in sorted(set(deleting) - held.keys()):
+        owners = sorted(p for p in unsettled if path in set(edges.get(p, ())))
+        if owners:
+            held[path] = f"not deleted: {', '.join(owners)} reads it, and its last operation is not settled"
+    return held

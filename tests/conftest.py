@@ -144,3 +144,15 @@ def wait_until(
         assert alive is None or alive(), f"a process died while waiting: {what}"
         assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
         tick.wait(0.05)
+
+
+def nixops4_local() -> Path:
+    """NixOps4's own local provider (``memo``, ``file``, ...; no destroy, no read), from ../shared/reference; the
+    test is skipped where it is absent or does not run on this machine."""
+    binary = ROOT.parent / "shared" / "reference" / "nixops4" / "bin" / "nixops4-resources-local"
+    if not os.access(binary, os.X_OK):
+        pytest.skip(f"NixOps4's local provider is not at {binary} (CI has ../shared beside the clone)")
+    probe = subprocess.run([str(binary)], input="", capture_output=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"NixOps4's local provider does not run here: exit {probe.returncode} {probe.stderr[-200:]!r}")
+    return binary

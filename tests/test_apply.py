@@ -30,9 +30,9 @@ class FakeDeployment:
     def desired(self, path: str, known: Mapping[str, Mapping[str, Any]]) -> DesiredResource:
         compute, reads = self.resources[path]
         if reads <= known.keys():
-            return DesiredResource(path, "fake.thing", compute(known))
+            return DesiredResource(path, "fake.thing", compute(known), reads=frozenset(reads))
         missing = frozenset(reads - known.keys())
-        return DesiredResource(path, "fake.thing", {"value": UNKNOWN}, blocked_by=missing)
+        return DesiredResource(path, "fake.thing", {"value": UNKNOWN}, blocked_by=missing, reads=missing)
 
     def evaluate(self, known: Mapping[str, Mapping[str, Any]], select: set[str] | None = None) -> Evaluation:
         self.passes += 1
@@ -88,6 +88,7 @@ def run(
         evaluate=deployment.evaluate,
         parallelism=parallelism,
         report=events.append,
+        base_rank=1 + max((s.rank for s in state.values()), default=0),
     )
     executor.run(plan(desired, state, destroy=destroy), desired, {}, state)
     return executor, events
@@ -274,3 +275,86 @@ def test_dependencies_seen_in_every_pass_are_recorded() -> None:
     deployment.desired = desired  # type: ignore[method-assign]
     executor, _ = run(deployment, FakeProviders())
     assert executor.state["c"].dependencies == ("a", "b")
+
+
+def record(path: str, rank: int, *reads: str, value: str = "") -> ResourceState:
+    return ResourceState(path, "fake.thing", {"value": value}, {}, tuple(reads), rank=rank)
+
+
+def test_ranks_follow_the_order_of_operations() -> None:
+    state = {"old": record("old", 4)}
+    deployment = FakeDeployment({"old": const(""), "a": const("1"), "b": reads("a"), "c": reads("b")})
+    executor, _ = run(deployment, FakeProviders(), state)
+    ranks = {p: executor.state[p].rank for p in "abc"}
+    assert 4 < ranks["a"] < ranks["b"] < ranks["c"], ranks
+    assert executor.state["old"].rank == 4  # unchanged: not touched
+
+
+def test_a_read_that_left_no_edge_is_still_deleted_before_what_it_reads() -> None:
+    """zz read x's output without a trace (the first reader, w1, forced it); ranks order the deletes. zz's
+    delete holds on until x's starts (or a second passes): x must not start while zz is still there."""
+    state = {"x": record("x", 1), "w1": record("w1", 2, "x"), "zz": record("zz", 3, value="slow"), "y": record("y", 1)}
+    x_started = threading.Event()
+    log: list[str] = []
+
+    def behaviour(kind: str, body: dict[str, Any]) -> None:
+        value = body["resource"]["inputProperties"].get("value")
+        if body["resource"]["outputProperties"] == {} and value == "slow":
+            x_started.wait(timeout=1)
+            log.append("zz done")
+
+    providers = FakeProviders(behaviour)
+    original = providers.call
+
+    def call(provider: str, message: dict[str, Any], *, what: str, before_send: Any = None) -> dict[str, Any]:
+        if "'x'" in what:
+            log.append("x start")
+            x_started.set()
+        return original(provider, message, what=what, before_send=before_send)
+
+    providers.call = call  # type: ignore[method-assign]
+    executor, _ = run(FakeDeployment({}), providers, state, destroy=True)
+    assert log == ["zz done", "x start"]
+    assert executor.state == {}
+
+
+def test_a_failed_delete_holds_back_only_what_it_may_read() -> None:
+    state = {
+        "x": record("x", 1),
+        "w1": record("w1", 2, "x"),
+        "w2": record("w2", 3, value="stuck"),
+        "y": record("y", 1),  # read by nobody: nothing can read it without a trace
+    }
+
+    def fail_w2(kind: str, body: dict[str, Any]) -> None:
+        if body["resource"]["inputProperties"].get("value") == "stuck":
+            raise ProviderError("cannot")
+
+    executor, _ = run(FakeDeployment({}), FakeProviders(fail_w2), state, destroy=True)
+    status = {p: o.status for p, o in executor.outcomes.items()}
+    assert status == {"w2": "failed", "w1": "ok", "y": "ok", "x": "skipped"}
+    assert "w2 could not be deleted" in executor.outcomes["x"].message
+    assert set(executor.state) == {"x", "w2"}
+
+
+def test_ranks_of_older_records_never_contradict_an_edge() -> None:
+    """A record written before ranks (0) that reads a newer one: the edge wins, nothing waits forever."""
+    state = {"s": record("s", 5), "r": record("r", 0, "s"), "t": record("t", 6, "r")}
+    providers = FakeProviders()
+    executor, _ = run(FakeDeployment({}), providers, state, destroy=True)
+    order = [path for _, path in providers.calls]
+    assert order == ["t", "r", "s"]
+    assert executor.state == {}
+
+
+def test_unchanged_resources_get_the_edges_of_this_evaluation() -> None:
+    state = {
+        "a": ResourceState("a", "fake.thing", {"value": "1"}, {"out": "a:1"}, rank=3),
+        "b": ResourceState("b", "fake.thing", {"value": "a:1"}, {"out": "b:a:1"}, (), rank=1),
+    }
+    deployment = FakeDeployment({"a": const("1"), "b": reads("a")})
+    providers = FakeProviders()
+    executor, _ = run(deployment, providers, state)
+    assert providers.calls == []
+    assert executor.state["b"].dependencies == ("a",)
+    assert executor.state["b"].rank > executor.state["a"].rank

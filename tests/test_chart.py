@@ -94,6 +94,7 @@ def test_the_rendered_configuration_is_one_the_controller_accepts(tmp_path: Path
     assert parsed.deployments["staging"].apply == "plan-only"
     assert parsed.deployments["staging"].drift_interval is None
     assert parsed.deployments["web"].interval == 30 and parsed.deployments["web"].parallelism == 4
+    assert parsed.deployments["web"].allow_empty is False and "allow_empty = false" in config["data"]["nixgitops.toml"]
     assert parsed.receivers["gh"].deployments == ("web", "staging")
 
 
@@ -102,6 +103,7 @@ def test_the_rendered_configuration_is_one_the_controller_accepts(tmp_path: Path
     [
         ("deployments.web.apply=sometimes", "apply"),
         ("deployments.web.interval=soon", "interval"),
+        ("deployments.web.allow_empty=maybe", "allow_empty"),
         ("receivers.x.kind=svn", "kind"),
         ("colour=blue", "colour"),
     ],

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import Checkout, assert_clean_error, git
 
 from controller.state_branch import record_location
@@ -151,6 +152,65 @@ def test_prevent_destroy_refuses_delete_and_replace(checkout: Checkout) -> None:
     assert set(checkout.state()) == {"keep"}
 
 
+# Values that evaluate and declare nothing: a function or an attribute set without members, empty composites.
+EMPTY = ["{ ... }: { }", "{ }", "{ members, ... }: { members.staging.members = { }; providers = { }; }"]
+
+
+@pytest.mark.parametrize("empty", EMPTY, ids=["function", "attrset", "empty-composite"])
+def test_a_deployment_that_declares_nothing_does_not_delete_everything(checkout: Checkout, empty: str) -> None:
+    checkout.deploy(CHAIN.replace("GREETING", "hi"))
+    checkout.ok("apply", "--yes")
+    before, log = checkout.state(), checkout.state_log()
+    source = checkout.deploy(empty)
+    for args in (["plan"], ["plan", "--json"], ["apply", "--yes"]):
+        done = checkout.run(*args)
+        assert_clean_error(
+            done,
+            f"deployment.nix (commit {source[:12]}) declares no resources",
+            "every resource in state (4 resources)",
+            "--allow-empty",
+            "allow_empty = true",
+            "`nixgitops destroy`",
+        )
+        assert "Deleting" not in done.stdout, done.stdout
+    assert checkout.state() == before
+    assert checkout.state_log() == log, "no state commit"
+    assert (checkout.path / "motd.txt").exists(), "no provider call"
+
+    document = json.loads(checkout.ok("plan", "--json", "--allow-empty").stdout)
+    assert {c["path"]: c["action"] for c in document["changes"]} == dict.fromkeys(before, "delete")
+    applied = checkout.ok("apply", "--yes", "--allow-empty")
+    assert "4 deleted" in applied.stdout
+    assert checkout.state() == {}
+    assert not (checkout.path / "motd.txt").exists()
+    assert checkout.state_log()[0].startswith(f"Apply {source[:12]}: +0 ~0 -4")
+    assert "No changes" in checkout.ok("apply", "--yes").stdout, "nothing in state: nothing to refuse"
+
+
+def test_a_flake_is_not_applied_as_an_empty_deployment(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN.replace("GREETING", "hi"))
+    checkout.ok("apply", "--yes")
+    before, log = checkout.state(), checkout.state_log()
+    checkout.deploy('{ description = "infrastructure"; outputs = { self }: { nixgitops = { }; }; }')
+    for args in (["plan"], ["apply", "--yes"]):  # refused as a flake, or else as a deployment that declares nothing
+        done = checkout.run(*args)
+        assert_clean_error(done, "deployment.nix")
+        assert "Deleting" not in done.stdout, done.stdout
+    assert checkout.state() == before and checkout.state_log() == log
+    assert (checkout.path / "motd.txt").exists()
+
+
+def test_destroy_needs_no_allow_empty(checkout: Checkout) -> None:
+    checkout.deploy(CHAIN.replace("GREETING", "hi"))
+    checkout.ok("apply", "--yes")
+    checkout.deploy("{ ... }: { }")
+    assert_clean_error(checkout.run("apply", "--yes"), "--allow-empty")
+    assert {c["action"] for c in json.loads(checkout.ok("plan", "--destroy", "--json").stdout)["changes"]} == {"delete"}
+    assert "Destroy complete!" in checkout.ok("destroy", "--yes").stdout
+    assert checkout.state() == {}
+    assert not (checkout.path / "motd.txt").exists()
+
+
 def test_apply_requires_yes_without_a_terminal(checkout: Checkout) -> None:
     checkout.deploy(CHAIN)
     assert_clean_error(checkout.run("apply"), "--yes")
@@ -290,3 +350,39 @@ def test_sigterm_records_what_completed(checkout: Checkout, notes_provider: Call
     assert proc.returncode == 130, err
     assert "slow: interrupted; waiting" in out
     assert set(checkout.state()) == {"fast", "slow"}
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(checkout: Checkout, tmp_path: Path) -> None:
+    """`nixgitops state list | head -1`: once the reader has gone (EPIPE), the rest of the output is discarded
+    quietly and the command finishes with its own status (0 here): no traceback, no 70, 120 or 141."""
+    import os
+    import subprocess
+    import sys
+
+    from gitserver import free_port
+
+    checkout.deploy(CHAIN.replace("GREETING", "x"))
+    checkout.ok("apply", "--yes")
+    config = tmp_path / "nixgitops.toml"
+    config.write_text(
+        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n\n[server]\nlisten = "127.0.0.1:{free_port()}"\n\n'
+        f'[deployments.web]\nrepository = "{checkout.path}"\n'
+    )
+    for args in (["state", "list"], ["state", "list", "--json"], ["plan"], ["status", "--config", str(config)]):
+        read, write = os.pipe()
+        os.close(read)  # the reader has gone before the first line is written: every write meets EPIPE
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "controller", *args],
+                cwd=checkout.path,
+                stdout=write,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            os.close(write)
+        assert done.returncode == 0, (args, done.stderr)
+        for needle in ("Traceback", "BrokenPipe", "Exception ignored", "bug in nixgitops"):
+            assert needle not in done.stderr, (args, done.stderr)

@@ -93,3 +93,15 @@ def test_branch_names_are_checked_and_env_strings_stay_strings(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"`deployments\.web\.branch` in .*: 'bad\.\.name' is not a valid Git branch"):
         load(path, environ={"NIXGITOPS__DEPLOYMENTS__WEB__BRANCH": "bad..name"})
     assert load(path, environ={"NIXGITOPS__DEPLOYMENTS__WEB__BRANCH": "2024"}).deployment("web").branch == "2024"
+
+
+def test_allow_empty_is_off_by_default_and_set_by_file_or_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, CONTRACT)
+    assert load(path, environ={}).deployment("web").allow_empty is False
+    assert load(path, environ={"NIXGITOPS__DEPLOYMENTS__WEB__ALLOW_EMPTY": "true"}).deployment("web").allow_empty
+    allowed = write(tmp_path, CONTRACT + "allow_empty = true\n")
+    assert load(allowed, environ={}).deployment("web").allow_empty is True
+    env = {"NIXGITOPS__DEPLOYMENTS__WEB__ALLOW_EMPTY": "False"}
+    assert load(allowed, environ=env).deployment("web").allow_empty is False
+    with pytest.raises(ConfigError, match=r"`deployments\.web\.allow_empty` in .* must be true or false, not 'yes'"):
+        load(path, environ={"NIXGITOPS__DEPLOYMENTS__WEB__ALLOW_EMPTY": "yes"})

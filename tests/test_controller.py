@@ -225,6 +225,77 @@ def test_remote_state_moved_by_someone_else_stops_the_deployment(
     assert done.returncode == 0, done.stderr
 
 
+def remote_resources(dev: Developer) -> set[str]:
+    """The resource records on the served state branch."""
+    names = git(dev.bare, "ls-tree", "-r", "--name-only", "nixgitops/state", "web/resources/").split()
+    return {Path(n).name for n in names}
+
+
+def test_a_commit_that_declares_nothing_is_refused_unless_allowed(
+    tmp_path: Path, server: GitServer, dev: Developer
+) -> None:
+    import urllib.request
+
+    config = configure(tmp_path, server.url("infra.git"), 'drift_interval = "off"', interval="1s")
+    dev.push(DEPLOYMENT.replace("TEXT", "one"))
+    assert nixgitops("reconcile", "web", "--config", str(config)).returncode == 0
+    assert remote_resources(dev) == {"greeting.json", "motd.json"}
+    empty = dev.push("{ ... }: { }")
+    from controller.config import load
+
+    port = load(config).server.port
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "controller", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                return str(response.read().decode())
+        except OSError:
+            return ""
+
+    try:
+        # refused at every poll (not skipped like a commit that does not evaluate), so the alert stays on
+        wait_until(
+            lambda: 'nixgitops_reconcile_total{deployment="web",result="refused"} 2.0' in scrape(),
+            "two refused runs counted",
+            alive=lambda: daemon.poll() is None,
+        )
+        status = json.loads(nixgitops("status", "--config", str(config), "--json").stdout)[0]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    run = status["lastRun"]
+    assert run["outcome"] == "refused" and run["source_commit"] == empty
+    for needle in (f"(commit {empty[:12]}) declares no resources", "(2 resources)", "allow_empty = true", "destroy"):
+        assert needle in run["message"], run["message"]
+    assert status["failedEvaluationCommit"] is None
+    assert "web] refused: " in err
+    assert (workdir(tmp_path) / "motd.txt").read_text() == "one\n"
+    assert remote_resources(dev) == {"greeting.json", "motd.json"}, "state unchanged"
+    assert f"Source-Commit: {empty}" in dev.state_log() and "(plan refused" in dev.state_log(), "the attempt"
+
+    done = nixgitops("reconcile", "web", "--config", str(config))
+    assert_clean_error(done, "declares no resources", "allow_empty = true")
+    assert "web: refused" in done.stdout
+    kept = nixgitops("reconcile", "web", "--config", str(config), env={"NIXGITOPS__DEPLOYMENTS__WEB__PRUNE": "false"})
+    assert kept.returncode == 0, "with prune = false nothing would be deleted, so nothing is refused"
+    assert remote_resources(dev) == {"greeting.json", "motd.json"}
+    allowed = nixgitops(
+        "reconcile", "web", "--config", str(config), env={"NIXGITOPS__DEPLOYMENTS__WEB__ALLOW_EMPTY": "true"}
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "web: success" in allowed.stdout
+    assert not (workdir(tmp_path) / "motd.txt").exists()
+    assert remote_resources(dev) == set()
+    assert f"Apply {empty[:12]}: +0 ~0 -2" in dev.state_log()
+
+
 def test_plan_only_and_suspend(tmp_path: Path, server: GitServer, dev: Developer) -> None:
     config = configure(tmp_path, server.url("infra.git"), 'apply = "plan-only"')
     dev.push(DEPLOYMENT.replace("TEXT", "one"))

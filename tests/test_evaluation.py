@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,11 +67,57 @@ def test_declared_providers_paths_become_absolute_strings(tmp_path: Path) -> Non
     assert answer.providers["local"].builtin
 
 
-def test_probe_finds_dependencies_even_of_known_outputs(tmp_path: Path) -> None:
-    answer = evaluator(tmp_path, LAYERED).evaluate(
-        {"base": {"stdout": "B"}, "mid": {}}, probe={"mid", "top.leaf", "base"}
-    )
+@pytest.mark.parametrize(
+    "known",
+    [{}, {"base": {"stdout": "B"}}, {"base": {"stdout": "B"}, "mid": {}}, {"mid": {"id": 7}}],
+    ids=["none-known", "base-known", "all-known", "mid-known"],
+)
+def test_every_read_is_an_edge_whether_the_outputs_are_known_or_not(tmp_path: Path, known: dict[str, Any]) -> None:
+    answer = evaluator(tmp_path, LAYERED).evaluate(known)
+    # top.leaf reads base in a string that also reads mid's inputs (not an edge) and mid as a whole
     assert answer.dependencies == {"base": frozenset(), "mid": {"base"}, "top.leaf": {"mid", "base"}}
+
+
+CHAIN = """
+{ members, providers, ... }: {
+  members.root = { type = providers.local.memo; inputs.initialize_with = "r"; };
+  members.mid  = { type = providers.local.memo; inputs.initialize_with = "m-${members.root.outputs.value}"; };
+  members.leaf = { type = providers.local.memo; inputs.initialize_with = "l-${members.mid.outputs.value}"; };
+  members.both = {
+    type = providers.local.memo;
+    inputs.initialize_with = "${members.mid.outputs.value}/${members.root.outputs.value}";
+  };
+  members.again = { type = providers.local.memo; inputs = { x = [ { y = members.root.outputs.value; } ]; }; };
+}
+"""
+
+
+@pytest.mark.parametrize("known", [(), ("root",), ("root", "mid")])
+def test_names_that_sort_against_the_order_get_exact_edges(tmp_path: Path, known: tuple[str, ...]) -> None:
+    """root/mid/leaf sort against their order; `both` reads two resources in one string; three resources read
+    root's output once it is known (only the first forces it: the others keep its taint)."""
+    outputs = {p: {"value": p.upper()} for p in known}
+    answer = evaluator(tmp_path, CHAIN).evaluate(outputs)
+    expected = {"root": set(), "mid": {"root"}, "leaf": {"mid"}, "both": {"mid", "root"}, "again": {"root"}}
+    if "mid" not in known:  # an unknown output stops the string at it: `both` reads root once mid is known
+        expected["both"] = {"mid"}
+    assert answer.dependencies == expected
+
+
+def test_a_deployment_that_refuses_string_context_is_evaluated_without_taint(tmp_path: Path) -> None:
+    text = """
+    { members, providers, ... }: {
+      members.a = { type = providers.local.memo; inputs.initialize_with = "{}"; };
+      members.b = { type = providers.local.memo; inputs.initialize_with = builtins.fromJSON members.a.outputs.value; };
+    }
+    """
+    lines: list[str] = []
+    ev = NixEvaluator(tmp_path / "deployment.nix", log=lines.append)
+    (tmp_path / "deployment.nix").write_text(textwrap.dedent(text))
+    answer = ev.evaluate({"a": {"value": '{"k": 1}'}})
+    assert answer.resources["b"].inputs == {"initialize_with": {"k": 1}}
+    assert answer.dependencies["b"] == {"a"}  # the first read is traced
+    assert not ev.taint and any("string with context" in line for line in lines)
 
 
 def test_select_evaluates_only_some_resources(tmp_path: Path) -> None:
@@ -80,7 +127,7 @@ def test_select_evaluates_only_some_resources(tmp_path: Path) -> None:
 
 def test_one_process_per_pass(tmp_path: Path) -> None:
     ev = evaluator(tmp_path, LAYERED)
-    ev.evaluate({}, probe={"mid"})
+    ev.evaluate({})
     assert ev.passes == 1
 
 
@@ -129,6 +176,20 @@ def test_user_traces_are_forwarded(tmp_path: Path) -> None:
         ),
         ('{ ... }: { members."a.b" = { type = "local.memo"; }; }', DeploymentError, "'a.b' is not allowed"),
         ('{ ... }: { providers.x = { resourceTypes = [ "a" ]; }; }', DeploymentError, "`executable`"),
+        (
+            '{ ... }: { members.a = { type = "local.memo"; inpts.initialize_with = 1; }; }',
+            DeploymentError,
+            "member 'a' .* has `inpts`, which nixgitops does not know.* Did you mean `inputs`",
+        ),
+        ('{ ... }: { members.a = { type = "local.memo"; state = null; }; }', DeploymentError, "has `state`"),
+        (
+            '{ ... }: { members.a = { type = "local.memo"; lifecycle.preventDestory = true; }; }',
+            DeploymentError,
+            "`lifecycle.preventDestory`.* Did you mean `preventDestroy`",
+        ),
+        ("{ ... }: { members.g = { members = { }; type2 = 1; }; }", DeploymentError, "member 'g' .* has `type2`"),
+        ("{ ... }: { member.a = 1; }", DeploymentError, "`member` at its top level.* Did you mean `members`"),
+        ("{ outputs = { }; inputs = { }; }", DeploymentError, "This looks like a flake"),
     ],
 )
 def test_errors(tmp_path: Path, text: str, error: type[Exception], needle: str) -> None:
@@ -143,23 +204,26 @@ def test_missing_nix_is_explained(tmp_path: Path) -> None:
         NixEvaluator(entry, nix_instantiate="/nonexistent/nix-instantiate").evaluate({})
 
 
-def test_parse_traces_attributes_unknowns_to_fields() -> None:
+def test_parse_traces_attributes_reads_to_the_resource_whose_end_marker_comes_next() -> None:
     traces = parse_traces(
         "\n".join(
             [
-                "trace: nixgitops:eval a",
+                "trace: nixgitops:read z",  # before the resources: nobody's
+                "trace: nixgitops:start",
+                "trace: nixgitops:read k",
                 "trace: nixgitops:unknown x",
                 "trace: nixgitops:blocked f",
                 "trace: nixgitops:blocked g",
-                "trace: nixgitops:probe b",
+                "trace: nixgitops:done a",
                 "trace: nixgitops:unknown y",
                 "trace: user says hi",
+                "trace: nixgitops:done b",
             ]
         )
     )
-    assert traces.blocked == {"a": {"f": {"x"}}}
+    assert traces.reads == {"a": {"k", "x"}, "b": {"y"}}
+    assert traces.unknown == {"a": {"x"}, "b": {"y"}}
     assert traces.user_errors == [("a", "g")]
-    assert traces.reads == {"b": {"y"}}
     assert traces.other == ["trace: user says hi"]
 
 

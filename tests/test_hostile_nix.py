@@ -3,12 +3,31 @@ nothing, and has a time and a memory limit. Each ends in a clear error, with the
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Checkout, assert_clean_error
 
+from controller.errors import EvaluationError
+from controller.evaluation import NixEvaluator
+from controller.model import EvalLimits, KnownOutputs
+
 SECRET = "outside-the-repository-7f3a"
+LINES = {  # what a deployment that traces without end prints: many short lines, or fewer of 10 kB
+    "short": '"tick"',
+    "long": 'builtins.concatStringsSep "" (builtins.genList (x: "0123456789") 1000)',
+}
+
+
+def trace_forever(line: str) -> str:
+    """About 2^60 calls, each tracing ``line``: it would print for years, as fast as Nix can write."""
+    return f"let line = {line}; f = n: builtins.trace line (if n == 0 then 1 else f (n - 1) + f (n - 1)); in f 60"
 
 
 def deployment(value: str) -> str:
@@ -16,6 +35,18 @@ def deployment(value: str) -> str:
   members.m = {{ type = providers.local.memo; inputs.initialize_with = {value}; }};
 }}
 """
+
+
+@pytest.fixture
+def loaded() -> Iterator[None]:
+    """Two busy loops beside the test, for its whole length: the limits must hold on a loaded machine."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        yield
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -79,3 +110,51 @@ def test_unrestricted_evaluation_is_a_choice(checkout: Checkout, outside: Path) 
     checkout.deploy(deployment(f"builtins.readFile {outside}"))
     done = checkout.run("plan", "--no-restrict-eval")
     assert done.returncode == 0 and SECRET in done.stdout, done.stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("line", LINES)
+@pytest.mark.parametrize("persistent", [True, False], ids=["repl", "nix-instantiate"])
+def test_a_deployment_that_traces_without_end_is_stopped_in_time_and_in_memory(
+    tmp_path: Path, loaded: None, persistent: bool, line: str
+) -> None:
+    """Whatever it prints, an evaluation is stopped at its time limit, and what is kept of its output is bounded."""
+    path = tmp_path / "deployment.nix"
+    path.write_text(deployment(trace_forever(LINES[line])))
+    logged: list[str] = []
+    evaluator = NixEvaluator(path, limits=EvalLimits(timeout=2), log=logged.append)
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        session = evaluator.session() if persistent else contextlib.nullcontext()
+        with session, pytest.raises(EvaluationError, match="did not finish within 2 s"):
+            evaluator.evaluate(KnownOutputs(), select={"m"})
+        elapsed = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not logged  # the repl served the pass: no fall-back to nix-instantiate
+    assert elapsed < 2 * 4 + 10, f"a limit of 2 s stopped the evaluation after {elapsed:.1f} s"
+    assert peak < 32 * 1024**2, f"the evaluation held {peak / 1024**2:.0f} MiB of Python objects at its peak"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("persistent", [True, False], ids=["repl", "nix-instantiate"])
+def test_a_deployment_that_forges_markers_without_end_is_stopped_in_memory(
+    tmp_path: Path, loaded: None, persistent: bool
+) -> None:
+    """The harness's markers are all kept, so a deployment printing lines that look like them, without end, is
+    stopped when they reach a bound, long before its time limit."""
+    path = tmp_path / "deployment.nix"
+    path.write_text(deployment(trace_forever(f'"nixgitops:eval " + {LINES["long"]}')))
+    evaluator = NixEvaluator(path, limits=EvalLimits(timeout=60))
+    tracemalloc.start()
+    try:
+        session = evaluator.session() if persistent else contextlib.nullcontext()
+        with session, pytest.raises(EvaluationError, match="more than 64 MiB") as raised:
+            evaluator.evaluate(KnownOutputs(), select={"m"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(str(raised.value)) < 4096
+    assert peak < 128 * 1024**2, f"the evaluation held {peak / 1024**2:.0f} MiB of Python objects at its peak"

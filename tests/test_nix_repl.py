@@ -186,3 +186,40 @@ def test_a_deployment_cannot_forge_the_repl_markers(tmp_path: Path) -> None:
         for _ in range(3):
             assert evaluator.evaluate(known, select={"b"}).resources["b"].inputs == {"initialize_with": "real"}
         assert evaluator._repl is not None
+
+
+FLOOD = """
+{ members, providers, ... }:
+let
+  # 50,000 lines of the deployment's own trace output (about 1 MB) before the value: more than is kept of them
+  flood = value: builtins.seq
+    (builtins.foldl' (n: i: builtins.trace "tick ${toString i}" n) 0 (builtins.genList (i: i) 50000)) value;
+in
+{
+  members.a = { type = providers.local.memo; inputs.initialize_with = "A"; };
+  members.b = { type = providers.local.memo; inputs.initialize_with = flood "${members.a.outputs.value}-b"; };
+  members.c.type = providers.local.memo;
+  members.c.inputs.initialize_with = flood (if members.a.outputs.value == "boom" then abort "a said boom" else "c");
+}
+"""
+
+
+def test_what_a_deployment_prints_leaves_the_markers_and_the_error_whole(tmp_path: Path) -> None:
+    """Of a deployment's own trace output only the end is kept; the harness's markers all are (who waits for
+    whom), and so is Nix's error, which comes last."""
+    in_repl, one_shot = both(tmp_path, FLOOD)
+    known = KnownOutputs()
+    with in_repl.session():
+        answer = in_repl.evaluate(known, select={"b", "c"})
+        assert answer == one_shot.evaluate(dict(known), select={"b", "c"})
+        assert answer.resources["b"].blocked_by == answer.resources["c"].blocked_by == {"a"}
+        known.set("a", {"value": "boom"})
+        errors = []
+        for evaluator in (in_repl, one_shot):
+            with pytest.raises(EvaluationError) as raised:
+                evaluator.evaluate(known, select={"c"})
+            errors.append(str(raised.value))
+        assert in_repl._repl is not None  # the repl answered, and goes on
+    for text in errors:
+        assert "a said boom" in text and "earlier lines of output were dropped" in text, text[-2000:]
+        assert len(text) < 256 * 1024, f"an error of {len(text)} characters"

@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from controller.errors import PlanError
+from controller.errors import EmptyDeploymentError, PlanError, UserError
 from controller.model import ABSENT, UNKNOWN, DesiredResource, ResourceState
-from controller.planning import Action, FieldChange, changing, check_protected, decide, diff_fields, plan
+from controller.planning import (
+    Action,
+    FieldChange,
+    changing,
+    check_empty_deployment,
+    check_protected,
+    decide,
+    diff_fields,
+    plan,
+)
 
 
 def desired(path: str, type_: str = "local.file", prevent: bool = False, **inputs: Any) -> DesiredResource:
@@ -109,3 +120,46 @@ def test_a_changed_prevent_destroy_alone_is_a_state_only_update() -> None:
     change = decide(desired("db", prevent=True, name="a"), recorded("db", name="a"))
     assert change.action is Action.UPDATE and change.fields == ()
     assert "only state is written" in change.reason
+
+
+def test_a_deployment_that_declares_nothing_may_not_delete_everything() -> None:
+    state = {p: recorded(p) for p in ("a", "b", "c")}
+    result = plan({}, state)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(EmptyDeploymentError) as error:
+        check_empty_deployment(result, {}, "infra/flake.nix", commit=commit)
+    assert isinstance(error.value, PlanError) and isinstance(error.value, UserError)
+    message = str(error.value)
+    assert message.startswith("infra/flake.nix (commit 0123456789ab) declares no resources")
+    assert "every resource in state (3 resources)" in message
+    assert "Nothing was changed" in message
+    assert "--allow-empty" in message and "allow_empty = true" in message and "`nixgitops destroy`" in message
+    with pytest.raises(EmptyDeploymentError, match=r"^deployment\.nix declares no resources.*\(1 resource\)"):
+        check_empty_deployment(plan({}, {"a": recorded("a")}), {})
+    check_empty_deployment(result, {}, allow=True)
+
+
+def test_plans_that_declare_something_or_delete_nothing_are_not_refused() -> None:
+    check_empty_deployment(plan({}, {}), {})  # nothing in state: nothing to delete
+    renamed = plan({"new": desired("new")}, {"old": recorded("old")})
+    assert renamed.counts()["delete"] == 1
+    check_empty_deployment(renamed, {"new": desired("new")})
+
+
+names = st.sets(st.text("abcxyz.", min_size=1, max_size=4), max_size=6)
+
+
+@given(wanted=names, recorded_paths=names, allow=st.booleans())
+def test_refused_exactly_when_nothing_is_declared_and_state_is_not_empty(
+    wanted: set[str], recorded_paths: set[str], allow: bool
+) -> None:
+    desired_resources = {p: desired(p) for p in wanted}
+    result = plan(desired_resources, {p: recorded(p) for p in recorded_paths})
+    refused = not wanted and bool(recorded_paths) and not allow
+    try:
+        check_empty_deployment(result, desired_resources, allow=allow)
+    except EmptyDeploymentError as error:
+        assert refused, error
+        assert f"({len(recorded_paths)} resource" in str(error)
+    else:
+        assert not refused

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NOTES_PROVIDER
+from conftest import NOTES_PROVIDER, nixops4_local
 
 from controller import protocol
 from controller.errors import ProviderError
@@ -66,21 +66,37 @@ def test_error_response_keeps_the_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "needle"),
+    ("mode", "needle", "unknown"),
     [
-        ("crash", "exited while handling create a \\(exit code 3\\)"),
-        ("garbage", "the line is not JSON: 'this is not json'"),
-        ("hang", "did not answer create a within 1s"),
-        ("wrongkind", "got updateResourceResponse"),
+        # It ended by itself without answering: the request failed, nothing happened (settled).
+        ("crash", "exited while handling create a \\(exit code 3\\).* counts as failed", False),
+        # Killed by a signal, or stopped by us: whether it did the work is not known (recovery settles it).
+        ("signal", "exited while handling create a \\(killed by signal SIGKILL\\).* not known", True),
+        ("garbage", "the line is not JSON: 'this is not json'", True),
+        ("hang", "did not answer create a within 1s", True),
+        ("wrongkind", "got updateResourceResponse", True),
     ],
 )
-def test_a_broken_process_is_replaced(tmp_path: Path, mode: str, needle: str) -> None:
+def test_a_broken_process_is_replaced(tmp_path: Path, mode: str, needle: str, unknown: bool) -> None:
     with Providers({"notes": notes(tmp_path / "log")}, size=1, timeout=1) as providers:
         with pytest.raises(ProviderError, match=needle) as error:
             create(providers, "a", mode)
-        assert error.value.fatal
+        assert error.value.fatal is unknown
         assert create(providers, "b")["outputProperties"]
         assert providers.started() == {"notes": 2}
+
+
+def test_nixops4s_own_provider_exiting_on_a_request_it_does_not_know_fails_it(tmp_path: Path) -> None:
+    """NixOps4's local provider prints a parse error and exits (status 0) on destroyResourceRequest."""
+    spec = ProviderSpec("nix4", str(nixops4_local()), (), frozenset({"memo"}))
+    with Providers({"nix4": spec}, size=1) as providers:
+        created = providers.call("nix4", protocol.create_request("memo", {"initialize_with": 1}), what="create m")
+        assert created == {"outputProperties": {"value": 1}}
+        request = protocol.destroy_request("memo", {"initialize_with": 1}, {"value": 1})
+        with pytest.raises(ProviderError, match=r"exit code 0.* counts as failed") as error:
+            providers.call("nix4", request, what="destroy m")
+        assert not error.value.fatal, "it exited by itself without answering: failed, nothing happened"
+        assert "unknown variant `destroyResourceRequest`" in str(error.value), "its complaint is shown"
 
 
 def test_missing_executable() -> None:

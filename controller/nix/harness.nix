@@ -6,7 +6,10 @@
 #   deployment  absolute path of the entry file (deployment.nix)
 #   known       { "<dotted path>" = <outputs>; } for every resource whose outputs are final
 #   select      null, or a list of paths (each a list of names): evaluate only these resources
-#   probe       a list of paths: find which resources each one reads (its dependencies)
+#   taint       true: every string of a known output carries a string context naming its resource (a fake
+#               store path, /nix/store/<zeros>-nixgitops-<path>), so that the context of a resource's inputs
+#               names every resource whose output strings flowed into them (needs --readonly-mode: the paths
+#               do not exist)
 #   focus       null, or { path; } to evaluate one resource without any error handling, so that
 #               Nix reports a user's own `throw` or `assert` with its message and location
 # A persistent evaluator (controller/nix_repl.py) passes the known outputs as knownOutputs instead, a value
@@ -14,11 +17,14 @@
 # became known since (null: no longer known); files there take precedence. With exposeCall it returns the
 # deployment's value itself, which it passes back as `called` to every later pass of the session.
 #
-# Markers on stderr (through builtins.trace) let the caller attribute reads to readers:
-#   nixgitops:eval P      evaluation of resource P starts
+# Markers on stderr (through builtins.trace) attribute reads to readers (see docs/decisions.md, "Dependency
+# edges"). Resources are evaluated one after the other, each forced whole, so a read belongs to the resource
+# whose end marker comes next:
+#   nixgitops:start       the resources' evaluations start (what came before is nobody's)
+#   nixgitops:done P      the evaluation of resource P ends
+#   nixgitops:read Q      an output of Q was forced for the first time in this evaluation (known outputs)
 #   nixgitops:unknown Q   an unknown output of Q was read (a throw, so every reader re-triggers it)
 #   nixgitops:blocked F   the field F of the resource being evaluated failed ("*": its whole inputs)
-#   nixgitops:probe P     dependency probe of resource P starts (all outputs unknown in the probe)
 { argsFile, knownOutputs ? null, knownDir ? null, called ? null, exposeCall ? false }:
 let
   args = builtins.fromJSON (builtins.readFile argsFile);
@@ -35,9 +41,33 @@ let
       written = if knownDir != null && builtins.pathExists file then builtins.fromJSON (builtins.readFile file) else false;
     in
     if written == null then unknown path
-    else if written != false then written
-    else if known ? ${path} then known.${path}
+    else if written != false then readable path written
+    else if known ? ${path} then readable path known.${path}
     else unknown path;
+
+  # Known outputs as the deployment sees them: the first force of the set and of each of its attributes is
+  # traced (attributed to the resource being evaluated), and with taint every string in them carries a
+  # context naming the resource, which survives interpolation, concatenation, toJSON, substring and
+  # replaceStrings, so every reader that keeps any of it is found, however many read it.
+  taint = args.taint or false;
+  tagPrefix = "/nix/store/00000000000000000000000000000000-nixgitops-";
+  tagDeep = context: v:
+    if builtins.isString v then builtins.appendContext v context
+    else if builtins.isAttrs v then builtins.mapAttrs (_: tagDeep context) v
+    else if builtins.isList v then map (tagDeep context) v
+    else v;
+  readable = path: outputs:
+    let
+      context = { "${tagPrefix}${builtins.replaceStrings [ "'" ] [ "?" ] path}" = { path = true; }; };
+      leaf = v: builtins.trace "nixgitops:read ${path}" (if taint then tagDeep context v else v);
+    in
+    builtins.trace "nixgitops:read ${path}"
+      (if builtins.isAttrs outputs then builtins.mapAttrs (_: leaf) outputs else leaf outputs);
+  # The resources named by the taint in a value's strings (the caller decodes them).
+  tainted = v:
+    if !taint then [ ]
+    else builtins.filter (k: builtins.substring 0 (builtins.stringLength tagPrefix) k == tagPrefix)
+      (builtins.attrNames (builtins.getContext (builtins.toJSON v)));
 
   join = prefix: name: if prefix == "" then name else "${prefix}.${name}";
 
@@ -77,7 +107,9 @@ let
         let decl = decls.${name}; path = join prefix name; here = names ++ [ name ]; in
         if !validName name then [ { inherit path decl; names = here; bad = name; } ]
         else if isComposite decl && builtins.isAttrs decl.members
-        then collect path here decl.members
+        then
+          (let extra = builtins.filter (a: a != "members") (builtins.attrNames decl); in
+          if extra != [ ] then [ { inherit path decl extra; names = here; } ] else collect path here decl.members)
         else [ { inherit path decl; names = here; } ])
       (builtins.attrNames decls));
 
@@ -120,19 +152,19 @@ let
       rawInputs = decl.inputs or { };
       shape = builtins.tryEval (builtins.isAttrs rawInputs);
       lifecycle = decl.lifecycle or { };
-      # Fast path: all inputs at once, with one tryEval. Only when that fails, field by field, after the marker
-      # that attributes what follows to this resource (markers printed by the failed attempt come before it,
-      # and the caller drops them).
+      # Fast path: all inputs at once, with one tryEval. Only when that fails, field by field (the unknown
+      # outputs a field reads are traced again: a thunk that threw is forced anew).
       whole = builtins.tryEval (let j = jsonable rawInputs; in builtins.deepSeq j j);
       fields =
         if !shape.success then
-          builtins.trace "nixgitops:eval ${path}"
-            (builtins.seq (builtins.tryEval (builtins.isAttrs rawInputs)) (builtins.trace "nixgitops:blocked *" null))
+          builtins.seq (builtins.tryEval (builtins.isAttrs rawInputs)) (builtins.trace "nixgitops:blocked *" null)
         else if !shape.value then "<${builtins.typeOf rawInputs}>"
         else if whole.success then whole.value
-        else builtins.trace "nixgitops:eval ${path}" (builtins.mapAttrs (evalField rawInputs) rawInputs);
+        else builtins.mapAttrs (evalField rawInputs) rawInputs;
+      strange = builtins.attrNames (removeAttrs decl [ "type" "inputs" "lifecycle" ]);
+      lifecycleExtra = if builtins.isAttrs lifecycle then builtins.attrNames (removeAttrs lifecycle [ "preventDestroy" ]) else [ ];
     in
-    if kind != "resource" then { p = path; k = kind; n = entry.bad or null; }
+    if kind != "resource" then { p = path; k = kind; n = entry.bad or null; x = entry.extra or [ ]; }
     else {
       p = path;
       k = kind;
@@ -141,6 +173,8 @@ let
       a = shape.success && shape.value && whole.success; # `i` holds the inputs themselves, not field by field
       d = if builtins.isAttrs lifecycle then lifecycle.preventDestroy or false else false;
       l = builtins.typeOf lifecycle;
+      r = tainted fields;
+      x = strange ++ map (a: "lifecycle.${a}") lifecycleExtra;
     };
 
   topMembers = result.members or { };
@@ -149,23 +183,9 @@ let
     if args.select == null then entries
     else map (names: { path = builtins.concatStringsSep "." names; names = names; decl = lookup result names; }) args.select;
 
-  evalEntry = e: let d = describe e; in builtins.deepSeq d d;
-
-  # The dependency probe calls the deployment function a second time, with every output unknown, and
-  # forces each node of the probed resources' inputs on its own, so each node reports the first resource
-  # it reads.
-  probeResult = call unknown;
-  probeAll = builtins.foldl' (acc: x: builtins.seq (probeNode x) acc) true;
-  probeNode = v:
-    let r = builtins.tryEval (builtins.seq v true); in
-    if !r.success then false
-    else if builtins.isAttrs v && !(v ? __toString || v ? outPath) then probeAll (builtins.attrValues v)
-    else if builtins.isList v then probeAll v
-    else true;
-  probeEntry = names:
-    let path = builtins.concatStringsSep "." names; in
-    builtins.trace "nixgitops:probe ${path}"
-      (let decl = lookup probeResult names; in builtins.seq (probeNode (decl.inputs or { })) path);
+  # Each resource's evaluation is forced whole, then its end marker is printed: every read traced since the
+  # previous marker is this resource's (one marker a resource: markers cost about 2 us each).
+  evalEntry = e: let d = describe e; in builtins.deepSeq d (builtins.trace "nixgitops:done ${e.path}" d);
 
   providersOut =
     builtins.mapAttrs
@@ -188,8 +208,10 @@ else {
   shape = {
     members = builtins.typeOf topMembers;
     providers = builtins.typeOf (result.providers or { });
+    extra = if builtins.isAttrs result then builtins.attrNames (removeAttrs result [ "members" "providers" ]) else [ ];
   };
   providers = providersOut;
-  resources = map evalEntry selected;
-  probes = map probeEntry args.probe;
+  # everything else first, so that no read outside a resource's evaluation comes after the start marker
+  resources = builtins.deepSeq [ providersOut (builtins.attrNames result) ]
+    (builtins.trace "nixgitops:start" (map evalEntry selected));
 }

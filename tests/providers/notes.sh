@@ -1,7 +1,8 @@
 #!/bin/sh
 # A test provider written in POSIX shell, to prove the protocol is open to any language.
 # Resource type "note": input "text" (and optional "mode"); output "id" (this process's pid and a counter).
-# The "mode" input makes it misbehave on purpose: crash, hang, garbage, refuse, wrongkind.
+# The "mode" input makes it misbehave on purpose: crash (exits 3), signal (kills itself with SIGKILL), hang,
+# garbage, refuse, wrongkind.
 # Every request line it reads and every response it writes is appended to the file named by $1 (if given),
 # each prefixed with "<pid> > " or "<pid> < ".
 log=${1:-/dev/null}
@@ -16,6 +17,7 @@ while IFS= read -r line; do
   text=$(printf '%s' "$line" | sed -n 's/.*"inputProperties":{[^}]*"text":"\([^"]*\)".*/\1/p' | tail -n 1)
   case "$line" in
     *'"mode":"crash"'*) echo "notes: crashing on purpose" >&2; exit 3 ;;
+    *'"mode":"signal"'*) echo "notes: killing myself on purpose" >&2; kill -KILL $$ ;;
     *'"mode":"hang"'*) exec sleep 600 ;;
     *'"mode":"gate"'*)  # wait until the file named by the input "gate" exists (at most 30 s)
       gate=$(printf '%s' "$line" | sed -n 's/.*"gate":"\([^"]*\)".*/\1/p'); i=0
