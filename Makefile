@@ -66,6 +66,7 @@ bench: setup
 
 soak: setup
 	$(BIN)/python bench/soak.py
+	NIXGITOPS_PROPERTY_EXAMPLES=200 $(BIN)/pytest tests/test_dependency_properties.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

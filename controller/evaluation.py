@@ -132,42 +132,46 @@ class _Traces:
     other: list[str] = field(default_factory=list)
 
 
+_DONE, _READ, _UNKNOWN, _BLOCKED = (f"{_MARK}{k} " for k in ("done", "read", "unknown", "blocked"))
+_START = f"{_MARK}start"
+
+
 def parse_traces(stderr: str) -> _Traces:
     """Attribute the harness's markers to resources: the reads traced since the previous marker belong to the
     resource whose end marker (``done P``) comes next; those before ``start`` to nobody. A field that failed
-    without reading an unknown output failed by the deployment's own ``throw`` or ``assert``."""
+    without reading an unknown output failed by the deployment's own ``throw`` or ``assert``. (Markers are tested
+    most frequent first: a plan of 10,000 resources reads 10,000 to 30,000 of them.)"""
     traces = _Traces()
     reads: set[str] = set()
     unknown: set[str] = set()
     failed: list[str] = []
     pending = False  # an unknown output was read since the last failed field
     for line in stderr.splitlines():
-        if not line.startswith(_MARK):
-            if line.strip():
-                traces.other.append(line)
-            continue
-        kind, _, arg = line[len(_MARK) :].partition(" ")
-        if kind == "read":
-            reads.add(arg)
-        elif kind == "unknown":
-            reads.add(arg)
-            unknown.add(arg)
-            pending = True
-        elif kind == "blocked":
-            if not pending:
-                failed.append(arg)
-            pending = False
-        elif kind == "done":  # most resources read nothing: nothing is allocated for them
+        if line.startswith(_DONE):  # most resources read nothing: nothing is allocated for them
+            path = line[len(_DONE) :]
             if reads:
-                traces.reads[arg], reads = reads, set()
+                traces.reads[path], reads = reads, set()
             if unknown:
-                traces.unknown[arg], unknown = unknown, set()
+                traces.unknown[path], unknown = unknown, set()
             if failed:
-                traces.user_errors.extend((arg, f) for f in failed)
+                traces.user_errors.extend((path, f) for f in failed)
                 failed = []
             pending = False
-        elif kind == "start":
+        elif line.startswith(_READ):
+            reads.add(line[len(_READ) :])
+        elif line.startswith(_UNKNOWN):
+            source = line[len(_UNKNOWN) :]
+            reads.add(source)
+            unknown.add(source)
+            pending = True
+        elif line.startswith(_BLOCKED):
+            if not pending:
+                failed.append(line[len(_BLOCKED) :])
+            pending = False
+        elif line == _START:
             reads, unknown, failed, pending = set(), set(), [], False
+        elif line.strip() and not line.startswith(_MARK):
+            traces.other.append(line)
     return traces
 
 
@@ -349,7 +353,7 @@ class NixEvaluator:
                     cwd=str(self.entry_file.parent),
                     check=False,
                     timeout=self.limits.timeout,
-                    keep_stderr=lambda line: line.startswith(_MARK),  # the markers; of the rest, the end
+                    keep_stderr=_MARK,  # the markers; of the rest, the end
                 )
             except CommandFailed as exc:
                 if exc.returncode is None and "did not finish" in str(exc):

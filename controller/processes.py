@@ -23,6 +23,7 @@ from controller.errors import NixgitopsError
 LINE_LIMIT = 64 * 1024  # bytes kept of one line (see read_lines)
 TAIL_LINES = 1000  # lines kept of the output that is not kept whole (see BoundedLines) ...
 TAIL_BYTES = 256 * 1024  # ... and bytes
+COMPACT_AT = 4 * 1024**2  # bytes of stderr read in bulk before they are sorted line by line (see _run_bounded)
 KEPT_LIMIT = 64 * 1024**2  # bytes of the lines kept whole (counting Python's cost of a line), beyond which a command
 # is stopped: a deployment may print lines that look like the harness's markers, and as many as it likes
 
@@ -54,11 +55,11 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     check: bool = True,
-    keep_stderr: Callable[[str], bool] | None = None,
+    keep_stderr: str | None = None,
 ) -> Completed:
-    """Run a command to completion and capture its output as text. With ``keep_stderr``, what is kept of stderr is
-    bounded (see ``BoundedLines``: the lines ``keep_stderr`` accepts, and the end of the others); stdout is kept
-    whole all the same."""
+    """Run a command to completion and capture its output as text. With ``keep_stderr`` (a prefix), what is kept of
+    stderr is bounded (see ``BoundedLines``: the lines that start with it, and the end of the others); stdout is
+    kept whole all the same."""
     if keep_stderr is not None:
         return _run_bounded(argv, cwd, env, input, timeout, check, keep_stderr)
     try:
@@ -92,10 +93,13 @@ def _run_bounded(
     input: str | None,
     timeout: float | None,
     check: bool,
-    keep: Callable[[str], bool],
+    prefix: str,
 ) -> Completed:
-    """``run`` with stderr read line by line into ``BoundedLines``; a command whose kept lines reach KEPT_LIMIT is
-    stopped (SIGKILL), and its stderr is then only a line that says why."""
+    """``run`` with stderr kept within bounds: the lines that start with ``prefix``, and of the others the end
+    (``BoundedLines``); a command whose kept lines reach KEPT_LIMIT is stopped (SIGKILL), and its stderr is then
+    only a line that says why. Stderr is read in bulk, and sorted line by line only past COMPACT_AT bytes or when
+    too many other lines came: a plan of 10,000 resources prints 10,000 to 30,000 marker lines, which cost 0.1 s
+    of Python (and of the GIL) line by line."""
     try:
         proc = subprocess.Popen(
             list(argv),
@@ -109,24 +113,63 @@ def _run_bounded(
         raise CommandFailed(argv, None, "", "", f"could not start: {exc.strerror}") from None
     assert proc.stdout is not None and proc.stderr is not None
     stdout: list[bytes] = []
-    stderr = BoundedLines(keep)
+    kept = prefix.encode()
+    stderr = BoundedLines(lambda line: line.startswith(prefix))
+    pending: list[bytes] = []  # read, not sorted yet
+    sizes = [0, 0]  # bytes pending; 1 once anything was sorted line by line
+    stopped = False
     lock = threading.Lock()  # stderr is read while the reader may still add to it (a child holding the pipe open)
 
+    def sort_lines(final: bool) -> None:
+        """Feed the complete lines pending (all of them when ``final``) to ``stderr``."""
+        nonlocal stderr, stopped
+        data = b"".join(pending)
+        cut = len(data) if final else data.rfind(b"\n") + 1
+        rest = data[cut:]
+        pending[:] = [rest] if rest else []
+        sizes[0], sizes[1] = len(rest), 1
+        for raw in data[:cut].splitlines():
+            if stopped:  # given up on (time limit): what is left is not read
+                return
+            if len(raw) > LINE_LIMIT and not raw.startswith(kept):
+                raw = raw[:LINE_LIMIT] + f" [... {len(raw) - LINE_LIMIT} more bytes of this line were dropped]".encode()
+            stderr.add(raw.decode(errors="replace"))
+            if stderr.full:
+                proc.kill()
+                stopped = True
+                stderr = BoundedLines(stderr.keep)
+                stderr.add(
+                    f"(nixgitops stopped the command (SIGKILL): it printed more than {KEPT_LIMIT // 1024**2} MiB"
+                    " of the lines that are always kept; what it printed was dropped)"
+                )
+                pending.clear()
+                return
+
     def read_stderr(stream: IO[bytes]) -> None:
-        nonlocal stderr
-        stopped = False
-        for line in read_lines(stream):  # to the end, past a stop: the command must not block on a full pipe
-            if stopped:
-                continue
-            with lock:
-                stderr.add(line)
-                if stopped := stderr.full:
-                    proc.kill()
-                    stderr = BoundedLines(keep)
-                    stderr.add(
-                        f"(nixgitops stopped the command (SIGKILL): it printed more than {KEPT_LIMIT // 1024**2} MiB"
-                        " of the lines that are always kept; what it printed was dropped)"
-                    )
+        while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]
+            with lock:  # to the end, past a stop: the command must not block on a full pipe
+                if stopped:
+                    continue
+                pending.append(chunk)
+                sizes[0] += len(chunk)
+                if sizes[0] > COMPACT_AT:
+                    sort_lines(final=False)
+
+    def give_up() -> None:
+        nonlocal stopped
+        stopped = True  # without the lock: a sort in progress sees it and stops
+
+    def stderr_text() -> str:
+        with lock:
+            if not stopped and not sizes[1]:
+                data = b"".join(pending)
+                lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+                marked = data.count(b"\n" + kept) + (1 if data.startswith(kept) else 0)
+                if lines - marked <= TAIL_LINES:  # the common case: nothing to drop, nothing to sort
+                    return data.decode(errors="replace")
+            if not stopped:
+                sort_lines(final=True)
+            return stderr.text()
 
     def write_stdin(stream: IO[bytes], text: str) -> None:
         with contextlib.suppress(OSError):  # a command that exits without reading all its input
@@ -156,6 +199,7 @@ def _run_bounded(
     except subprocess.TimeoutExpired:
         finished = False
     if not finished:
+        give_up()
         proc.kill()
         proc.wait()
         for thread in threads:
@@ -165,8 +209,7 @@ def _run_bounded(
             if stream is not None:
                 with contextlib.suppress(OSError):  # flushing what a dead command did not read
                     stream.close()
-    with lock:
-        err = stderr.text()
+    err = stderr_text()
     out = b"".join(stdout).decode(errors="replace") if stdout else ""
     if not finished:
         raise CommandFailed(argv, None, out, err, f"did not finish within {timeout:g}s")
