@@ -525,6 +525,9 @@ class NixEvaluator:
         if not isinstance(item["d"], bool):
             raise DeploymentError(f"{where}: lifecycle.preventDestroy must be true or false.")
         fields = item["i"]
+        caught = blocked and (item.get("a") or (isinstance(fields, dict) and all("v" in f for f in fields.values())))
+        if caught:  # it read an unknown output and its own `tryEval` caught that: it waits like any reader
+            return DesiredResource(path, rtype, {}, False, blocked, item["d"], reads)
         if item.get("a"):  # every input evaluated: the inputs themselves
             if markers:
                 for marker, why in MARKERS.items():

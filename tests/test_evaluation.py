@@ -234,3 +234,20 @@ def test_store_setting_is_passed_to_nix(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("NIXGITOPS_NIX_STORE", "bogus://nowhere")
     with pytest.raises(EvaluationError, match="bogus"):
         ev.evaluate({})
+
+
+def test_a_resource_whose_try_eval_catches_an_unknown_output_waits_for_it(tmp_path: Path) -> None:
+    """A fallback for an output not known yet would be sent to the provider before the output exists."""
+    text = """
+    { members, providers, ... }: {
+      members.a = { type = providers.local.memo; inputs.initialize_with = "x"; };
+      members.b = {
+        type = providers.local.memo;
+        inputs.initialize_with = let r = builtins.tryEval members.a.outputs.value; in if r.success then r.value else "";
+      };
+    }
+    """
+    ev = evaluator(tmp_path, text)
+    b = ev.evaluate({}).resources["b"]
+    assert not b.ready and b.blocked_by == {"a"} and b.reads == {"a"}
+    assert ev.evaluate({"a": {"value": "A"}}).resources["b"].inputs == {"initialize_with": "A"}
