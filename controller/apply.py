@@ -99,6 +99,7 @@ class Executor:
             created_at=old.created_at if old is not None and old.type == desired.type else stamp,
             updated_at=stamp,
             rank=self._rank_of.get(desired.path, self.base_rank),
+            read=old.read if old is not None else False,
         )
 
     def _call(
@@ -181,33 +182,21 @@ class Executor:
         desired: Mapping[str, DesiredResource],
         dependencies: Mapping[str, frozenset[str]],
         state: Mapping[str, ResourceState],
+        refresh: Mapping[str, ResourceState] | None = None,
     ) -> dict[str, Outcome]:
+        """Carry out ``plan``; ``refresh`` holds records of unchanged resources to keep instead of the old ones (new
+        edges, the mark of being read: ``planning.refreshed``)."""
         self.state = dict(state)
+        self.state.update({p: r for p, r in (refresh or {}).items() if p in self.state})
         with ThreadPoolExecutor(max_workers=max(1, self.parallelism), thread_name_prefix="apply") as pool:
             try:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as evaluator:
                     self._converge(plan, dict(desired), dependencies, pool, evaluator)
-                self._refresh_unchanged(plan, desired)
                 self._delete(plan, pool)
             except BaseException:
                 self._drain()
                 raise
         return self.outcomes
-
-    def _refresh_unchanged(self, plan: Plan, desired: Mapping[str, DesiredResource]) -> None:
-        """Resources that need no operation keep their records, but their edges are what this evaluation saw
-        them read: a changed expression may read other resources with the same inputs. A new edge lifts the
-        rank above its source's, so ranks keep following reads."""
-        for change in plan.changes:
-            old = self.state.get(change.path)
-            wanted = desired.get(change.path)
-            if change.action is not Action.NOOP or old is None or wanted is None:
-                continue
-            edges = tuple(sorted(wanted.reads - {change.path}))
-            if edges == tuple(old.dependencies):
-                continue
-            above = [self.state[s].rank + 1 for s in edges if s in self.state]
-            self.state[change.path] = replace(old, dependencies=edges, rank=max([old.rank, *above]))
 
     def _drain(self) -> None:
         """Interrupted: start nothing more, and record the operations already in flight when they end."""
@@ -421,7 +410,7 @@ class Executor:
         if not doomed:
             return
         readers: dict[str, set[str]] = {p: set() for p in doomed}
-        read: set[str] = set()  # doomed resources that some resource is recorded as reading
+        read = {p for p in doomed if self.state[p].read}  # doomed resources that some resource was seen reading
         for reader, resource in self.state.items():
             for source in resource.dependencies:
                 if source in readers and source != reader:

@@ -241,6 +241,10 @@ def _run(args: argparse.Namespace, *, destroy: bool) -> int:
         for path in sorted(planned.held):
             print(f"{path}: {planned.held[path]}", flush=True)
         if not planned.plan.has_changes:
+            if planned.refresh:  # what unchanged resources read changed: their records, no provider call
+                state = planned.state
+                engine.commit(state, {**state, **planned.refresh}, {})
+                print(f"Recorded what {len(planned.refresh)} unchanged resource(s) read (no provider call).")
             return _held(planned)
         verb = "destroy" if destroy else "apply"
         _confirm(args, verb)

@@ -53,6 +53,9 @@ class Planned:
     held: Mapping[str, str] = field(default_factory=dict)
     """Paths left out of ``plan`` because an operation that is not settled holds them back, each with why and
     what to do (see ``Engine.plan``); reported as skipped."""
+    refresh: Mapping[str, ResourceState] = field(default_factory=dict)
+    """Records of unchanged resources to write again, without provider call: new edges, the mark of being read
+    (``planning.refreshed``). An apply writes them even when the plan has no change."""
 
 
 def check_providers(plan: Plan, providers: Mapping[str, ProviderSpec], entry: str) -> None:
@@ -92,11 +95,14 @@ def compute_plan(
     unknown: frozenset[str] = frozenset()
     passes = 0
     predicted = False
+    reorder: dict[str, str] | None = None
     while True:
         passes += 1
         known = {p: dict(s.outputs) for p, s in state.items() if p not in unknown}
         answer = evaluator.evaluate(known)
-        plan = planning.plan(answer.resources, state)
+        if reorder is None:  # from the first pass, where every recorded output is known
+            reorder = planning.out_of_order(answer.resources, state)
+        plan = planning.plan(answer.resources, state, reorder=reorder)
         moving = planning.changing(plan)
         if moving == unknown:
             break
@@ -111,7 +117,8 @@ def compute_plan(
             unknown = unknown | moving
     dependencies = answer.dependencies
     # Every edge is a read that happened, so a cycle found here is a real one (see docs/decisions.md).
-    cycle = find_cycle({p: dependencies[p] & unknown for p in unknown if p in dependencies})
+    resources = answer.resources  # (a resource that waits for its own outputs is a cycle of one)
+    cycle = find_cycle({p: (dependencies[p] | resources[p].blocked_by) & unknown for p in unknown if p in resources})
     if cycle:
         raise DeploymentError(
             f"The resources in {entry} read each other's outputs in a cycle: {describe_cycle(cycle)}."
@@ -121,7 +128,28 @@ def compute_plan(
     check_providers(plan, answer.providers, entry)
     # last: the refusals above are not lifted by allow_empty, so they are reported first
     planning.check_empty_deployment(plan, answer.resources, entry, commit=source_commit, allow=allow_empty)
-    return Planned(plan, answer.resources, dependencies, answer.providers, state, passes)
+    refresh = planning.refreshed(plan, answer.resources, state)
+    return Planned(plan, answer.resources, dependencies, answer.providers, state, passes, refresh=refresh)
+
+
+def _mark_read(
+    state: dict[str, ResourceState],
+    desired: Mapping[str, DesiredResource],
+    seen: Mapping[str, set[str]],
+) -> None:
+    """Mark every resource that was seen read in this run (the mark is never cleared): a reader whose read left
+    no edge orders its delete by rank only against resources so marked."""
+    observed: set[str] = set()
+    for resource in desired.values():
+        observed |= resource.reads
+    for reads in seen.values():
+        observed |= reads
+    for record in state.values():
+        observed.update(record.dependencies)
+    for path in observed:
+        found = state.get(path)
+        if found is not None and not found.read:
+            state[path] = replace(found, read=True)
 
 
 @dataclass(frozen=True)
@@ -343,8 +371,9 @@ class Engine:
         )
         try:
             with executor.providers, self.evaluator.session():
-                executor.run(planned.plan, planned.desired, planned.dependencies, planned.state)
+                executor.run(planned.plan, planned.desired, planned.dependencies, planned.state, planned.refresh)
             self._refresh_edges(executor)
+            _mark_read(executor.state, planned.desired, executor.reads_seen)
         finally:
             try:
                 started = time.monotonic()

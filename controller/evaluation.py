@@ -67,11 +67,15 @@ def limited(argv: list[str], memory: int) -> list[str]:
     return ["sh", "-c", 'ulimit -v "$0" && exec "$@"', str(max(1, memory // 1024)), *argv]
 
 
+class LimitError(EvaluationError):
+    """An evaluation hit its time or memory limit."""
+
+
 def limit_error(text: str, limits: EvalLimits, where: str) -> EvaluationError | None:
     """The error to give when Nix failed because it hit the memory limit (None when it did not)."""
     if "out of memory" not in text and "std::bad_alloc" not in text:
         return None
-    return EvaluationError(
+    return LimitError(
         f"Evaluating {where} ran out of memory: it may use at most {limits.memory // 1024**2} MiB"
         " (evaluation_memory). Look for an evaluation that grows without end (a huge builtins.genList, a"
         " recursion that builds lists), or raise the limit."
@@ -79,7 +83,7 @@ def limit_error(text: str, limits: EvalLimits, where: str) -> EvaluationError | 
 
 
 def timeout_error(limits: EvalLimits, where: str) -> EvaluationError:
-    return EvaluationError(
+    return LimitError(
         f"Evaluating {where} did not finish within {limits.timeout:g} s (evaluation_timeout) and was stopped."
         " Look for an evaluation that never ends (a recursion without a base case), or raise the limit."
     )
@@ -177,12 +181,6 @@ def parse_traces(stderr: str) -> _Traces:
 
 def _untag(key: str) -> str:
     return key[len(TAG_PREFIX) :].replace("?", "'")
-
-
-def _taint_refused(text: str) -> bool:
-    """Whether Nix failed because the deployment used a tainted output string where Nix refuses a string with
-    context (``builtins.fromJSON``, an attribute name, a path): then evaluate again without taint."""
-    return TAG_PREFIX in text or "is not allowed to refer to a store path" in text
 
 
 class NixEvaluator:
@@ -313,15 +311,21 @@ class NixEvaluator:
         try:
             return self._instantiate(dict(args, taint=True))
         except EvaluationError as exc:
-            if not _taint_refused(str(exc)):
+            if isinstance(exc, LimitError):
                 raise
-        self.taint = False  # the deployment uses an output string where Nix refuses string context
+            tainted = exc
+        # Nix refuses a string with context in places (fromJSON, attribute names, paths): without taint, either it
+        # works (and taint stays off) or the error is the deployment's own, reported as it is.
+        answer = self._instantiate(args)
+        self.taint = False
         if self.log is not None:
+            first = str(tainted).splitlines()[1:2] or [""]
             self.log(
                 "the deployment uses an output where Nix refuses a string with context (builtins.fromJSON, an"
                 " attribute name, a path): dependency edges come from traced reads only (see docs/decisions.md)"
+                f" [{first[0].strip()}]"
             )
-        return self._instantiate(args)
+        return answer
 
     def _instantiate(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
         """One pass with ``nix-instantiate``."""
@@ -372,7 +376,7 @@ class NixEvaluator:
         if done.returncode != 0 and (error := limit_error(done.stderr, self.limits, self.where)) is not None:
             raise error
         if "(nixgitops stopped the command (SIGKILL)" in done.stderr:
-            raise EvaluationError(
+            raise LimitError(
                 f"Evaluating {self.where} was stopped: the deployment printed more than {KEPT_LIMIT // 1024**2} MiB"
                 " of lines that look like nixgitops's own markers (`trace: nixgitops:`). Remove those traces."
             )

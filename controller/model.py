@@ -103,6 +103,7 @@ _RECORD_KEYS: Final = frozenset(
         "createdAt",
         "updatedAt",
         "rank",
+        "read",
     )
 )
 
@@ -124,6 +125,9 @@ class ResourceState(Typed):
     rank: int = 0
     """Where the resource's last operation stands in the order of operations: above the rank of every
     resource it read then (see docs/decisions.md, "Dependency edges"); 0 in records of older versions."""
+    read: bool = False
+    """Whether any resource was ever seen reading this one's outputs (never cleared): such a resource is deleted
+    after every resource deleted with it that ranks above it."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +142,7 @@ class ResourceState(Typed):
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             **({"rank": self.rank} if self.rank else {}),
+            **({"read": True} if self.read else {}),
             **dict(self.extra),
         }
 
@@ -158,6 +163,7 @@ class ResourceState(Typed):
             updated_at=data.get("updatedAt"),
             extra={k: v for k, v in data.items() if k not in _RECORD_KEYS},
             rank=int(data.get("rank") or 0),
+            read=bool(data.get("read", False)),
         )
         return record
 

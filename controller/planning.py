@@ -7,7 +7,7 @@ the action to people and decides nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -124,18 +124,62 @@ def plan(
     state: Mapping[str, ResourceState],
     *,
     destroy: bool = False,
+    reorder: Mapping[str, str] | None = None,
 ) -> Plan:
-    """Plan the changes from ``state`` to ``desired``; with ``destroy``, plan deleting everything in state."""
+    """Plan the changes from ``state`` to ``desired``; with ``destroy``, plan deleting everything in state.
+    ``reorder`` names unchanged resources that must be recorded again in the order of operations (see
+    ``out_of_order``), with the reason: they are planned as updates that call no provider."""
     changes: list[Change] = []
     if destroy:
         changes = [delete(state[p], "destroying the deployment") for p in sorted(state)]
         return Plan(tuple(changes))
     for path in sorted(set(desired) | set(state)):
         if path in desired:
-            changes.append(decide(desired[path], state.get(path)))
+            change = decide(desired[path], state.get(path))
+            if reorder and path in reorder and change.action is Action.NOOP:
+                change = Change(path, Action.UPDATE, change.type, change.before, change.after, (), reorder[path])
+            changes.append(change)
         else:
             changes.append(delete(state[path]))
     return Plan(tuple(changes))
+
+
+def out_of_order(desired: Mapping[str, DesiredResource], state: Mapping[str, ResourceState]) -> dict[str, str]:
+    """Unchanged resources that now read a resource whose last operation came after theirs (same inputs, a new
+    read): their rank no longer orders them after what they read, and a resource reading them without a trace
+    would not be ordered either. Re-recording them (an update without provider call) makes every reader of them
+    wait and be recorded again too. Records older than ranks (rank 0) are left to their edges."""
+    found: dict[str, str] = {}
+    for path, wanted in desired.items():
+        old = state.get(path)
+        if old is None or not old.rank or not wanted.ready:
+            continue
+        later = sorted(s for s in wanted.reads if s in state and s != path and state[s].rank >= old.rank)
+        if later and decide(wanted, old).action is Action.NOOP:
+            found[path] = f"now reads {', '.join(later)}, applied after it: recorded again after it (no provider call)"
+    return found
+
+
+def refreshed(
+    plan: Plan, desired: Mapping[str, DesiredResource], state: Mapping[str, ResourceState]
+) -> dict[str, ResourceState]:
+    """The records of unchanged resources to write again without any provider call: the edges this evaluation saw
+    them read, and the mark on every resource that was seen read (see ``ResourceState.read``)."""
+    records: dict[str, ResourceState] = {}
+    moving = changing(plan)
+    for change in plan.changes:
+        old, wanted = change.before, desired.get(change.path)
+        if change.action is not Action.NOOP or old is None or wanted is None:
+            continue
+        edges = tuple(sorted(wanted.reads - {change.path}))
+        if edges != tuple(old.dependencies):
+            records[change.path] = replace(old, dependencies=edges)
+    for wanted in desired.values():
+        for source in wanted.reads:
+            old = records.get(source) or state.get(source)
+            if old is not None and not old.read and source not in moving and source != wanted.path:
+                records[source] = replace(old, read=True)
+    return records
 
 
 def changing(plan: Plan) -> frozenset[str]:

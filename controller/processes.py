@@ -145,15 +145,44 @@ def _run_bounded(
                 pending.clear()
                 return
 
+    # the unfinished last line pending: its bytes; bytes of it dropped (an unmarked line past LINE_LIMIT); whether
+    # it is a marker line (kept whole, up to KEPT_LIMIT), once it is past LINE_LIMIT
+    line = {"size": 0, "dropped": 0, "marked": False}
+
+    def add(chunk: bytes) -> None:
+        end = chunk.find(b"\n")
+        if line["dropped"]:  # dropping the rest of an overlong line, up to its end
+            if end < 0:
+                line["dropped"] += len(chunk)
+                return
+            note = f" [... {line['dropped'] + end} more bytes of this line were dropped]".encode()
+            chunk = note + chunk[end:]
+            end, line["dropped"] = len(note), 0
+        pending.append(chunk)
+        sizes[0] += len(chunk)
+        if end >= 0:
+            line["size"], line["marked"] = len(chunk) - chunk.rfind(b"\n") - 1, False
+        else:
+            line["size"] += len(chunk)
+        if line["size"] > LINE_LIMIT and not line["marked"]:  # decided once per line
+            data = b"".join(pending)
+            start = data.rfind(b"\n") + 1
+            if data.startswith(kept, start):
+                line["marked"] = True
+                pending[:] = [data]
+            else:  # cut it here; the rest of it is only counted
+                pending[:] = [data[: start + LINE_LIMIT]]
+                sizes[0], line["size"], line["dropped"] = len(pending[0]), 0, len(data) - start - LINE_LIMIT
+        if line["marked"] and line["size"] > KEPT_LIMIT:
+            sort_lines(final=True)  # a marker line that big fills what is kept: the command is stopped
+        elif end >= 0 and sizes[0] > COMPACT_AT:  # only when a line ended: sorting needs whole lines
+            sort_lines(final=False)
+
     def read_stderr(stream: IO[bytes]) -> None:
         while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]
             with lock:  # to the end, past a stop: the command must not block on a full pipe
-                if stopped:
-                    continue
-                pending.append(chunk)
-                sizes[0] += len(chunk)
-                if sizes[0] > COMPACT_AT:
-                    sort_lines(final=False)
+                if not stopped:
+                    add(chunk)
 
     def give_up() -> None:
         nonlocal stopped

@@ -5,10 +5,11 @@ The wire has no request ids, so a process is leased to one caller for one reques
 the timeout or breaks the protocol is stopped and replaced; an ``errorResponse`` leaves it in the pool.
 
 What a failure means for the request (``ProviderError.fatal``, see docs/provider-protocol.md): an
-``errorResponse``, and a process that ends by itself (any exit status) or had ended before the request was
-sent, without a response line, have *failed* the request: nothing happened. A process killed by a signal, or
-stopped by us (timeout, a broken protocol), leaves the outcome *unknown*: the journal keeps the operation for
-recovery to settle.
+``errorResponse``, a process that had ended before the request was sent, and a process that ends by itself (any
+exit status) without a response line to a delete or a read have *failed* the request: nothing happened. A
+process killed by a signal, stopped by us (timeout, a broken protocol), or ending during a create or an update,
+leaves the outcome *unknown*: the journal keeps the operation for recovery to settle (a create may have been
+carried out before the process died; nothing may be lost).
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ class ProviderProcess:
             ) from None
 
     def _fail(self, what: str, *, kind: str, sent: bool) -> None:
-        """The process ended without answering. It exited by itself (any status) or never got the request: the
-        request failed and nothing happened. Killed by a signal, or stopped by us: the outcome is unknown."""
+        """The process ended without answering. It never got the request, or it exited by itself (any status) on a
+        delete or a read: the request failed and nothing happened. Killed by a signal, stopped by us, or exited
+        during a create or an update: the outcome is unknown (recovery settles it)."""
         stopped = False
         try:
             code: int | None = self.proc.wait(timeout=5)
@@ -139,8 +141,9 @@ class ProviderProcess:
             how, unknown = "(it closed its output but did not end within 5s, so it was stopped)", sent
         elif code < 0:
             how, unknown = f"(killed by signal {_signal_name(-code)})", sent
-        else:
-            how, unknown = f"(exit code {code})", False
+        else:  # a delete or a read that made it exit did nothing to keep (NixOps4's provider exits on both); a
+            # create or an update may have been carried out before it died
+            how, unknown = f"(exit code {code})", sent and kind not in (protocol.DESTROY, protocol.READ)
         if unknown:
             meaning = (
                 " Whether it carried out the request is not known: the journal keeps the operation, and the next run"

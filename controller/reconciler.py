@@ -419,8 +419,8 @@ class Reconciler:
             committing = result.commit_seconds
         else:
             state = engine.load_state()
-            began = time.monotonic()
-            record.state_commit = engine.commit(state, state, {})
+            began = time.monotonic()  # what unchanged resources read may have changed: their records are written
+            record.state_commit = engine.commit(state, {**state, **planned.refresh}, {})
             committing = time.monotonic() - began
             outcome, message = "no-change", "nothing to do"
         if planned.held:  # operations that are not settled held these back (Engine.plan): not everything was done

@@ -15,7 +15,7 @@ from controller.apply import Event, Executor
 from controller.errors import ProviderError
 from controller.evaluation import Evaluation
 from controller.model import UNKNOWN, DesiredResource, ResourceState
-from controller.planning import Action, plan
+from controller.planning import Action, out_of_order, plan, refreshed
 
 Inputs = Callable[[Mapping[str, Mapping[str, Any]]], dict[str, Any]]
 
@@ -90,7 +90,9 @@ def run(
         report=events.append,
         base_rank=1 + max((s.rank for s in state.values()), default=0),
     )
-    executor.run(plan(desired, state, destroy=destroy), desired, {}, state)
+    reorder = {} if destroy else out_of_order(desired, state)
+    planned = plan(desired, state, destroy=destroy, reorder=reorder)
+    executor.run(planned, desired, {}, state, refreshed(planned, desired, state))
     return executor, events
 
 
@@ -349,6 +351,21 @@ def test_ranks_of_older_records_never_contradict_an_edge() -> None:
 
 def test_unchanged_resources_get_the_edges_of_this_evaluation() -> None:
     state = {
+        "a": ResourceState("a", "fake.thing", {"value": "1"}, {"out": "a:1"}, rank=1),
+        "b": ResourceState("b", "fake.thing", {"value": "a:1"}, {"out": "b:a:1"}, (), rank=3),
+    }
+    deployment = FakeDeployment({"a": const("1"), "b": reads("a")})
+    providers = FakeProviders()
+    executor, _ = run(deployment, providers, state)
+    assert providers.calls == []
+    assert executor.state["b"].dependencies == ("a",) and executor.state["b"].rank == 3
+    assert executor.state["a"].read
+
+
+def test_a_new_read_of_a_resource_applied_later_records_the_reader_again() -> None:
+    """b's inputs are the same, but it now reads a, applied after it: b is recorded again (no provider call)
+    above a, so that ranks keep ordering whatever reads b without a trace."""
+    state = {
         "a": ResourceState("a", "fake.thing", {"value": "1"}, {"out": "a:1"}, rank=3),
         "b": ResourceState("b", "fake.thing", {"value": "a:1"}, {"out": "b:a:1"}, (), rank=1),
     }
@@ -356,5 +373,4 @@ def test_unchanged_resources_get_the_edges_of_this_evaluation() -> None:
     providers = FakeProviders()
     executor, _ = run(deployment, providers, state)
     assert providers.calls == []
-    assert executor.state["b"].dependencies == ("a",)
-    assert executor.state["b"].rank > executor.state["a"].rank
+    assert executor.state["b"].dependencies == ("a",) and executor.state["b"].rank > 3

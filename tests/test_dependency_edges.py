@@ -33,8 +33,11 @@ for line in sys.stdin:
             time.sleep(0.02)
         note("END destroy " + ident)
         print(json.dumps({"destroyResourceResponse": {}}), flush=True)
+    elif kind in ("createResourceRequest", "updateResourceRequest") and body["inputProperties"]["id"] == "bad":
+        print(json.dumps({"errorResponse": {"message": "bad on purpose"}}), flush=True)
     elif kind in ("createResourceRequest", "updateResourceRequest"):
         inputs = body["inputProperties"]
+        note(kind + " " + inputs["id"])
         outputs = {"port": 5432, "text": inputs["id"]}
         answer = kind.replace("Request", "Response")
         print(json.dumps({answer: {"outputProperties": outputs}}), flush=True)
@@ -105,3 +108,64 @@ def test_a_read_that_leaves_no_edge_is_still_deleted_first(checkout: Checkout, t
     lines = log.read_text().splitlines()
     assert lines.index("END destroy late") < lines.index("START destroy db"), lines
     assert lines.index("END destroy early:5432") < lines.index("START destroy db"), lines
+
+
+def test_a_new_read_with_the_same_inputs_is_recorded_without_any_change(checkout: Checkout, tmp_path: Path) -> None:
+    """`late`'s port becomes db's output, equal to the literal it replaces: no change to apply, but the edge is
+    recorded all the same, and the delete order follows it."""
+    declaration, log = provider(tmp_path)
+    db = '  members.db = { type = providers.p.thing; inputs.id = "db"; };\n'
+    late = '  members.late = { type = providers.p.thing; inputs = { id = "late"; port = PORT; }; };\n'
+    checkout.deploy(deployment(declaration, db))
+    checkout.ok("apply", "--yes", "-q")
+    checkout.deploy(deployment(declaration, db + late.replace("PORT", "5432")))
+    checkout.ok("apply", "--yes", "-q")
+    assert record(checkout, "late")["dependencies"] == []
+    checkout.deploy(deployment(declaration, db + late.replace("PORT", "members.db.outputs.port")))
+    done = checkout.ok("apply", "--yes")
+    assert "No changes" in done.stdout and "Recorded what 2 unchanged resource(s) read" in done.stdout
+    assert record(checkout, "late")["dependencies"] == ["db"] and record(checkout, "db")["read"] is True
+    checkout.ok("destroy", "--yes", "-q")
+    lines = log.read_text().splitlines()
+    assert lines.index("END destroy late") < lines.index("START destroy db"), lines
+
+
+def test_a_silent_reader_stays_ordered_when_the_first_reader_fails(checkout: Checkout, tmp_path: Path) -> None:
+    """`early` sorts first and reads db's port first, so `late` reads it without a trace, and `early` fails: no
+    record holds an edge to db any more, but db is marked as read, so its delete still waits for `late`."""
+    declaration, log = provider(tmp_path)
+    db = '  members.db = { type = providers.p.thing; inputs.id = "db"; };\n'
+    late = (
+        '  members.late = { type = providers.p.thing; inputs = { id = "late"; port = members.db.outputs.port; }; };\n'
+    )
+    early = (
+        '  members.early = { type = providers.p.thing; inputs = { id = "bad"; port = members.db.outputs.port; }; };\n'
+    )
+    checkout.deploy(deployment(declaration, db))
+    checkout.ok("apply", "--yes", "-q")
+    checkout.deploy(deployment(declaration, db + late))
+    checkout.ok("apply", "--yes", "-q")
+    checkout.deploy(deployment(declaration, db + late + early))
+    assert checkout.run("apply", "--yes", "-q").returncode != 0  # early fails
+    assert record(checkout, "late")["dependencies"] == []  # read without a trace: early forced it first
+    checkout.ok("destroy", "--yes", "-q")
+    lines = log.read_text().splitlines()
+    assert lines.index("END destroy late") < lines.index("START destroy db"), lines
+
+
+def test_a_new_read_of_a_resource_applied_with_it_records_the_reader_again(checkout: Checkout, tmp_path: Path) -> None:
+    """db and late were applied in one run (the same rank); late now reads db with the same inputs: it is
+    recorded again, after db, without any provider call."""
+    declaration, log = provider(tmp_path)
+    db = '  members.db = { type = providers.p.thing; inputs.id = "db"; };\n'
+    late = '  members.late = { type = providers.p.thing; inputs = { id = "late"; port = PORT; }; };\n'
+    checkout.deploy(deployment(declaration, db + late.replace("PORT", "5432")))
+    checkout.ok("apply", "--yes", "-q")
+    assert record(checkout, "late")["rank"] == record(checkout, "db")["rank"]
+    calls = log.read_text()
+    checkout.deploy(deployment(declaration, db + late.replace("PORT", "members.db.outputs.port")))
+    done = checkout.ok("apply", "--yes")
+    assert "now reads db, applied after it" in done.stdout
+    after = record(checkout, "late")
+    assert after["dependencies"] == ["db"] and int(after["rank"]) > int(record(checkout, "db")["rank"])  # type: ignore[call-overload]
+    assert log.read_text() == calls  # no provider call at all (the provider logs every request it serves)

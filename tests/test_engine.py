@@ -43,3 +43,12 @@ def test_a_removed_provider_is_needed_to_delete(checkout: Checkout, notes_provid
     checkout.deploy("{ ... }: { }")
     assert_clean_error(checkout.run("plan"), "n (notes.note)", "Keep providers.notes declared")
     assert set(checkout.state()) == {"n"}
+
+
+def test_a_resource_reading_its_own_outputs_is_a_cycle_at_plan(checkout: Checkout) -> None:
+    checkout.deploy(
+        "{ members, providers, ... }: { members.s = { type = providers.local.memo;"
+        ' inputs.initialize_with = "x-${members.s.outputs.value}"; }; }'
+    )
+    assert_clean_error(checkout.run("plan"), "in a cycle: s -> s")
+    assert checkout.state() == {}

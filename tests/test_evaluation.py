@@ -251,3 +251,22 @@ def test_a_resource_whose_try_eval_catches_an_unknown_output_waits_for_it(tmp_pa
     b = ev.evaluate({}).resources["b"]
     assert not b.ready and b.blocked_by == {"a"} and b.reads == {"a"}
     assert ev.evaluate({"a": {"value": "A"}}).resources["b"].inputs == {"initialize_with": "A"}
+
+
+def test_an_output_appended_to_a_path_is_evaluated_without_taint(tmp_path: Path) -> None:
+    """Nix refuses string context in more places than fromJSON: any refusal falls back to an untainted pass."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "E.conf").write_text("hi")
+    text = """
+    { members, providers, ... }: {
+      members.env = { type = providers.local.memo; inputs.initialize_with = "E"; };
+      members.r = {
+        type = providers.local.memo;
+        inputs.initialize_with = builtins.readFile (./conf + "/${members.env.outputs.value}.conf");
+      };
+    }
+    """
+    ev = evaluator(tmp_path, text)
+    answer = ev.evaluate({"env": {"value": "E"}})
+    assert answer.resources["r"].inputs == {"initialize_with": "hi"} and answer.dependencies["r"] == {"env"}
+    assert not ev.taint

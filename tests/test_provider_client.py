@@ -69,7 +69,11 @@ def test_error_response_keeps_the_process(tmp_path: Path) -> None:
     ("mode", "needle", "unknown"),
     [
         # It ended by itself without answering: the request failed, nothing happened (settled).
-        ("crash", "exited while handling create a \\(exit code 3\\).* counts as failed", False),
+        (
+            "crash",
+            r"exited while handling create a \(exit code 3\)\. Whether it carried out the request is not known",
+            True,
+        ),
         # Killed by a signal, or stopped by us: whether it did the work is not known (recovery settles it).
         ("signal", "exited while handling create a \\(killed by signal SIGKILL\\).* not known", True),
         ("garbage", "the line is not JSON: 'this is not json'", True),
