@@ -228,6 +228,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(render_plan(planned.plan), end="")
+        if planned.refresh:
+            print(
+                f"\nApply also records what {len(planned.refresh)} unchanged resource(s) read (dependency edges; no"
+                " provider call)."
+            )
     return 0
 
 
