@@ -180,7 +180,8 @@ def parse_traces(stderr: str) -> _Traces:
 
 
 def _untag(key: str) -> str:
-    return key[len(TAG_PREFIX) :].replace("?", "'")
+    """A resource path from its taint (the harness strips TAG_PREFIX)."""
+    return key.replace("?", "'") if "?" in key else key
 
 
 class NixEvaluator:

@@ -150,12 +150,15 @@ def out_of_order(desired: Mapping[str, DesiredResource], state: Mapping[str, Res
     would not be ordered either. Re-recording them (an update without provider call) makes every reader of them
     wait and be recorded again too. Records older than ranks (rank 0) are left to their edges."""
     found: dict[str, str] = {}
-    for path, wanted in desired.items():
-        old = state.get(path)
-        if old is None or not old.rank or not wanted.ready:
+    for path, wanted in desired.items():  # (10,000 resources: most read nothing new)
+        reads = wanted.reads
+        if not reads or (old := state.get(path)) is None or not (rank := old.rank):
             continue
-        later = sorted(s for s in wanted.reads if s in state and s != path and state[s].rank >= old.rank)
-        if later and decide(wanted, old).action is Action.NOOP:
+        edges = old.dependencies
+        if len(reads) == len(edges) and all(e in reads for e in edges):
+            continue  # recorded reads: their sources changed since only if it was applied again after them
+        later = sorted(s for s in reads if (source := state.get(s)) is not None and source.rank >= rank)
+        if later and wanted.ready and decide(wanted, old).action is Action.NOOP:
             found[path] = f"now reads {', '.join(later)}, applied after it: recorded again after it (no provider call)"
     return found
 
@@ -171,13 +174,16 @@ def refreshed(
         old, wanted = change.before, desired.get(change.path)
         if change.action is not Action.NOOP or old is None or wanted is None:
             continue
-        edges = tuple(sorted(wanted.reads - {change.path}))
-        if edges != tuple(old.dependencies):
-            records[change.path] = replace(old, dependencies=edges)
+        reads, edges = wanted.reads, old.dependencies  # (reads never name the resource itself)
+        if len(reads) != len(edges) or not all(e in reads for e in edges):
+            records[change.path] = replace(old, dependencies=tuple(sorted(reads)))
     for wanted in desired.values():
         for source in wanted.reads:
-            old = records.get(source) or state.get(source)
-            if old is not None and not old.read and source not in moving and source != wanted.path:
+            old = state.get(source)
+            if old is None or (old.read and source not in records) or source in moving:
+                continue
+            old = records.get(source, old)
+            if not old.read:
                 records[source] = replace(old, read=True)
     return records
 

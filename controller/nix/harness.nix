@@ -63,11 +63,13 @@ let
     in
     builtins.trace "nixgitops:read ${path}"
       (if builtins.isAttrs outputs then builtins.mapAttrs (_: leaf) outputs else leaf outputs);
-  # The resources named by the taint in a value's strings (the caller decodes them).
+  # The resources named by the taint in a value's strings, without the prefix (the caller decodes them).
+  tagLength = builtins.stringLength tagPrefix;
   tainted = v:
     if !taint then [ ]
-    else builtins.filter (k: builtins.substring 0 (builtins.stringLength tagPrefix) k == tagPrefix)
-      (builtins.attrNames (builtins.getContext (builtins.toJSON v)));
+    else
+      builtins.concatMap (k: if builtins.substring 0 tagLength k == tagPrefix then [ (builtins.substring tagLength 1000 k) ] else [ ])
+        (builtins.attrNames (builtins.getContext (builtins.toJSON v)));
 
   join = prefix: name: if prefix == "" then name else "${prefix}.${name}";
 
