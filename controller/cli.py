@@ -20,7 +20,7 @@ from typing import Any, TextIO, cast
 from controller import __version__
 from controller.apply import Event
 from controller.engine import Engine, Planned, RunResult, Settings
-from controller.errors import NixgitopsError, UserError
+from controller.errors import NixgitopsError, StateError, UserError
 from controller.journal import read_entries
 from controller.model import EvalLimits
 from controller.plan_render import plan_json, render_plan
@@ -208,14 +208,31 @@ def _finish(result: RunResult, engine: Engine, verb: str, *, held: int = 0) -> i
     return 1
 
 
+def _applying(engine: Engine) -> bool:
+    """Whether another run holds this deployment's lock now (its journal then holds operations in flight)."""
+    try:
+        with engine.store.locked():
+            return False
+    except StateError:
+        return True
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    if engine.pending_recovery():
+    applying = _applying(engine)
+    if applying:
+        print(
+            "Note: another nixgitops run is applying this deployment; this plan is against the state it last"
+            " committed.",
+            file=sys.stderr,
+        )
+    elif engine.pending_recovery():
         print(
             "Warning: an interrupted run left operations in the journal; the next apply records them first.",
             file=sys.stderr,
         )
-    planned = engine.plan(destroy=args.destroy, allow_empty=args.allow_empty)
+    exclude: dict[str, str] | None = {} if applying else None  # operations in flight are not stuck ones
+    planned = engine.plan(destroy=args.destroy, allow_empty=args.allow_empty, exclude=exclude)
     for path in sorted(planned.held):  # left out of the plan: an operation that is not settled holds them back
         print(f"Warning: {path}: {planned.held[path]}", file=sys.stderr)
     if args.json:

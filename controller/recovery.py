@@ -93,6 +93,7 @@ def recover(
     intents that could not be settled (to keep in the journal for the next run)."""
     entries = journal.entries()
     notes: list[str] = []
+    committed = dict(state)
     for entry in entries:
         if entry.get("kind") != "result":
             continue
@@ -100,9 +101,15 @@ def recover(
             state.pop(entry["path"], None)
         else:
             done = ResourceState.from_json(entry["state"])
-            current = state.get(entry["path"])
-            # the state commit may already hold this very record with its edges read again after the run
-            if current is None or replace(current, dependencies=done.dependencies, rank=done.rank) != done:
+            current = committed.get(entry["path"])
+            # the state commit may already hold this very record, with its edges read again after the run (also
+            # after a replace, whose delete result came first)
+            if (
+                current is not None
+                and replace(current, dependencies=done.dependencies, rank=done.rank, read=done.read) == done
+            ):
+                state[entry["path"]] = current
+            else:
                 state[entry["path"]] = done
     pending = journal.unresolved()
     unsettled: list[dict[str, Any]] = []

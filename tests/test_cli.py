@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Checkout, assert_clean_error, git
+from conftest import ONE_MEMO, Checkout, assert_clean_error, git
 
 from controller.state_branch import record_location
 
@@ -386,3 +386,21 @@ def test_a_reader_that_leaves_early_gets_no_traceback(checkout: Checkout, tmp_pa
         assert done.returncode == 0, (args, done.stderr)
         for needle in ("Traceback", "BrokenPipe", "Exception ignored", "bug in nixgitops"):
             assert needle not in done.stderr, (args, done.stderr)
+
+
+def test_a_plan_during_an_apply_does_not_call_its_operations_stuck(checkout: Checkout) -> None:
+    """The journal of a run that holds the lock has operations in flight, not unsettled ones."""
+    import fcntl
+    import json as _json
+
+    checkout.deploy(ONE_MEMO)
+    journal = checkout.path / ".git" / "nixgitops" / "default.journal"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    intent = {"kind": "intent", "id": 1, "path": "m", "pid": 0, "message": {}, "record": None}
+    intent["provider"] = {"name": "local", "executable": "x", "args": []}
+    journal.write_text(_json.dumps(intent) + "\n")
+    with open(checkout.path / ".git" / "nixgitops" / "default.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running apply holds it
+        done = checkout.ok("plan")
+    assert "another nixgitops run is applying" in done.stderr
+    assert "not settled" not in done.stdout + done.stderr and "m will be created" in done.stdout

@@ -198,3 +198,25 @@ def test_the_controller_goes_on_around_an_unsettled_operation(tmp_path: Path) ->
     done = nixgitops("reconcile", "web")
     assert done.returncode == 0, done.stdout + done.stderr
     assert remote_state() == {"free", "sibling", "other", "stuck", "reader", "far"}
+
+
+def test_recovery_keeps_the_committed_record_of_a_replace_with_its_refreshed_edges(tmp_path: Path) -> None:
+    """A crash between the state commit and the journal's clearing: folding the journal again must not put back
+    the edges the record had before they were read again after the run (a replace: delete result, then create)."""
+    from controller.journal import Journal
+    from controller.model import ResourceState
+    from controller.recovery import recover
+
+    journaled = ResourceState("r", "local.memo", {"a": 1}, {"value": 1}, ("x",), rank=4)
+    committed = ResourceState("r", "local.memo", {"a": 1}, {"value": 1}, ("x", "y"), rank=4, read=True)
+    journal = Journal(tmp_path / "j")
+    try:
+        gone = journal.intent({"path": "r"})
+        journal.result(gone, None, "r")
+        made = journal.intent({"path": "r"})
+        journal.result(made, journaled.to_json(), "r")
+        state = {"r": committed}
+        notes, unsettled = recover(journal, state, timeout=1)
+    finally:
+        journal.close()
+    assert state["r"] == committed and not notes and not unsettled
