@@ -4,23 +4,22 @@ deletes for reads that leave no edge (see docs/decisions.md, "Dependency edges")
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
 
 from conftest import Checkout
 
-# A provider whose destroy of the resource with id "late" waits (at most 3 s) for the destroy of "db" to start:
-# if nixgitops ever sends db's destroy while late's is still running, the log shows it for certain.
+# A provider whose destroy of the resource with id "late" holds (at most 3 s) until the destroy of "db" starts: if
+# nixgitops ever sends db's destroy while late's is still running, the log shows it for certain. The holding
+# destroy waits on the FIFO LOG.fifo, to which db's destroy writes a byte.
 PROVIDER = """
-import json, os, sys, time
+import json, os, select, sys
 log = sys.argv[1]
 def note(text):
     with open(log, "a") as f:
         f.write(text + "\\n")
-def seen(text):
-    with open(log) as f:
-        return text in f.read()
 for line in sys.stdin:
     request = json.loads(line)
     kind = next(iter(request))
@@ -28,9 +27,17 @@ for line in sys.stdin:
     if kind == "destroyResourceRequest":
         ident = body["resource"]["inputProperties"]["id"]
         note("START destroy " + ident)
-        deadline = time.monotonic() + 3
-        while ident == "late" and not seen("START destroy db") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if ident == "db":
+            try:
+                writer = os.open(log + ".fifo", os.O_WRONLY | os.O_NONBLOCK)
+                os.write(writer, b"x")
+                os.close(writer)
+            except OSError:
+                pass  # nobody holds
+        if ident == "late":
+            reader = os.open(log + ".fifo", os.O_RDONLY | os.O_NONBLOCK)
+            select.select([reader], [], [], 3)
+            os.close(reader)
         note("END destroy " + ident)
         print(json.dumps({"destroyResourceResponse": {}}), flush=True)
     elif kind in ("createResourceRequest", "updateResourceRequest") and body["inputProperties"]["id"] == "bad":
@@ -51,6 +58,7 @@ def provider(tmp_path: Path) -> tuple[str, Path]:
     script.write_text(PROVIDER)
     log = tmp_path / "provider.log"
     log.touch()
+    os.mkfifo(f"{log}.fifo")
     declaration = (
         f'providers.p = {{ executable = "{sys.executable}"; args = [ "{script}" "{log}" ];'
         ' resourceTypes = [ "thing" ]; };'

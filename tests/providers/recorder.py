@@ -12,8 +12,10 @@ so a request nixgitops sends after reading a response is always logged after tha
 
     <time.monotonic_ns()> <pid> START|END create|update|destroy|read <id>
 
-A destroy takes DESTROY_SECONDS (default 0) between its START and its END, like a slow cloud API: deletes that
-nixgitops sends at the same time then overlap in the log for certain, instead of by the luck of process start-up.
+A destroy holds between its START and its END until another request of this provider starts, or DESTROY_SECONDS
+(default 0) pass, like a slow cloud API: deletes that nixgitops sends at the same time then overlap in the log for
+certain, instead of by the luck of process start-up. (A holding destroy waits on a FIFO of its own, LOG.<pid>.fifo,
+to which every START writes a byte.)
 
 Several processes of this provider run at once and share LOG: each line is one write() to a file opened with
 O_APPEND, under an exclusive flock, so lines never interleave and their order in the file is the order of events
@@ -22,10 +24,13 @@ O_APPEND, under an exclusive flock, so lines never interleave and their order in
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import select
 import sys
 import time
 from typing import Any
@@ -49,6 +54,28 @@ def record(fd: int, event: str, kind: str, ident: str) -> None:
         os.write(fd, f"{time.monotonic_ns()} {os.getpid()} {event} {kind} {ident}\n".encode())
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+    if event == "START":  # wake every destroy that holds
+        for fifo in glob.glob(glob.escape(sys.argv[1]) + ".*.fifo"):
+            with contextlib.suppress(OSError):  # no reader any more, or a full pipe: nobody to wake
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                try:
+                    os.write(writer, b"x")
+                finally:
+                    os.close(writer)
+
+
+def hold(seconds: float) -> None:
+    """Until another request starts, or ``seconds`` pass."""
+    if seconds <= 0:
+        return
+    fifo = f"{sys.argv[1]}.{os.getpid()}.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        select.select([reader], [], [], seconds)
+    finally:
+        os.close(reader)
+        os.unlink(fifo)
 
 
 def serve(kind: str, body: dict[str, Any], destroy_seconds: float) -> tuple[str, dict[str, Any]]:
@@ -59,7 +86,7 @@ def serve(kind: str, body: dict[str, Any], destroy_seconds: float) -> tuple[str,
     if kind == "update":
         return "updateResourceResponse", {"outputProperties": {"value": value_of(body["inputProperties"])}}
     if kind == "destroy":
-        time.sleep(destroy_seconds)
+        hold(destroy_seconds)
         return "destroyResourceResponse", {}
     resource = body["resource"]
     return "readResourceResponse", {"outputProperties": {"value": value_of(resource["inputProperties"])}}
