@@ -31,6 +31,8 @@ from controller.planning import Action, Change, Plan, decide
 from controller.provider_client import Providers
 
 Evaluate = Callable[[Mapping[str, Mapping[str, Any]], set[str]], Evaluation]
+Prepare = Callable[[str, DesiredResource | None], tuple[str, ...]]
+"""Realise what a provider (by name) and the desired resource (None for a delete) refer to; the store paths."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Executor:
     journal: Journal | None = None
     base_rank: int = 1
     """The rank of what runs at once: above every rank in state (see ``ResourceState.rank``)."""
+    prepare: Prepare | None = None
+    """Builds what an operation refers to before its provider starts or its request goes out (``Engine``)."""
     state: dict[str, ResourceState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     reevaluated: set[str] = field(default_factory=set)
@@ -85,8 +89,16 @@ class Executor:
 
     # -- one operation (runs in a worker thread) -----------------------------------------------------------
 
-    def _record(self, desired: DesiredResource, outputs: Mapping[str, Any], deps: frozenset[str]) -> ResourceState:
+    def _record(
+        self,
+        desired: DesiredResource,
+        outputs: Mapping[str, Any],
+        deps: frozenset[str],
+        store_paths: tuple[str, ...] | None = None,
+    ) -> ResourceState:
         old = self.state.get(desired.path)
+        if store_paths is None:
+            store_paths = old.store_paths if old is not None else ()
         stamp = now()
         return ResourceState(
             path=desired.path,
@@ -100,6 +112,7 @@ class Executor:
             updated_at=stamp,
             rank=self._rank_of.get(desired.path, self.base_rank),
             read=old.read if old is not None else False,
+            store_paths=tuple(sorted(store_paths)),
         )
 
     def _call(
@@ -140,6 +153,8 @@ class Executor:
         return body
 
     def _destroy(self, old: ResourceState) -> None:
+        if self.prepare is not None:
+            self.prepare(old.provider, None)
         what = f"destroyResourceRequest for {old.path!r}"
         message = protocol.destroy_request(old.resource_type, old.inputs, old.outputs)
         self._call(old.provider, message, what, old.path, None)
@@ -155,16 +170,18 @@ class Executor:
             assert old is not None
             if dict(old.inputs) == dict(desired.inputs):  # only lifecycle changed: no provider call
                 return self._record(desired, old.outputs, deps)
+            paths = self.prepare(desired.provider, desired) if self.prepare is not None else ()
             what = f"updateResourceRequest for {desired.path!r}"
             request = protocol.update_request(desired.resource_type, old.inputs, old.outputs, desired.inputs)
-            record = self._record(desired, {}, deps)
+            record = self._record(desired, {}, deps, paths)
             body = self._call(desired.provider, request, what, desired.path, record)
             return replace(record, outputs=dict(body["outputProperties"]))
+        paths = self.prepare(desired.provider, desired) if self.prepare is not None else ()  # before a destroy
         if change.action is Action.REPLACE:
             assert old is not None
             self._destroy(old)
         what = f"createResourceRequest for {desired.path!r}"
-        record = self._record(desired, {}, deps)
+        record = self._record(desired, {}, deps, paths)
         try:
             request = protocol.create_request(desired.resource_type, desired.inputs)
             body = self._call(desired.provider, request, what, desired.path, record)

@@ -18,11 +18,12 @@ import pygit2
 
 from controller import failpoints, planning
 from controller.apply import Event, Executor, Outcome, now
+from controller.builds import Builder, GcRoots, missing_derivations
 from controller.errors import DeploymentError, NixgitopsError
 from controller.evaluation import Evaluation, NixEvaluator
 from controller.graph import closure, describe_cycle, find_cycle, invert
 from controller.journal import Journal, read_entries, unresolved
-from controller.model import DesiredResource, EvalLimits, ProviderSpec, ResourceState
+from controller.model import DesiredResource, EvalLimits, NixSettings, ProviderSpec, ResourceState
 from controller.planning import Action, Plan
 from controller.provider_client import Providers
 from controller.recovery import held_back, recover
@@ -165,6 +166,7 @@ class Settings:
     show_trace: bool = False
     identity: tuple[str, str] = DEFAULT_IDENTITY
     evaluation: EvalLimits = field(default_factory=EvalLimits)
+    nix: NixSettings = field(default_factory=NixSettings)
 
 
 @dataclass
@@ -207,9 +209,11 @@ class Engine:
         workdir: Path | None = None,
         log: Callable[[str], None] | None = None,
         source_root: Path | None = None,
+        roots: Path | None = None,
     ) -> None:
         """``source_root``: the root of the source tree, which a restricted evaluation may read (default: the
-        entry file's directory)."""
+        entry file's directory). ``roots``: the directory of the garbage-collector roots of what the state
+        refers to (default: next to the journal)."""
         self.settings = settings
         self.workdir = workdir or entry_file.parent
         self.entry_file = entry_file
@@ -220,6 +224,7 @@ class Engine:
             repo, branch=settings.state_branch, deployment=settings.deployment, identity=settings.identity
         )
         self.journal_path = journal
+        self.roots = GcRoots(roots or journal.with_suffix(".gcroots"), settings.nix, log=log)
         self.evaluator = NixEvaluator(
             entry_file,
             source=source_commit,
@@ -227,6 +232,7 @@ class Engine:
             log=log,
             limits=settings.evaluation,
             root=source_root,
+            nix=settings.nix,
         )
         self.log = log
 
@@ -351,8 +357,43 @@ class Engine:
         )
         return self.hold_back(planned, self.unsettled() if exclude is None else exclude)
 
+    def _prepare(
+        self, builder: Builder, providers: Mapping[str, ProviderSpec], executor: Executor
+    ) -> Callable[[str, DesiredResource | None], tuple[str, ...]]:
+        """What the executor calls before a provider call: build what the provider and the resource refer to."""
+
+        def prepare(provider: str, desired: DesiredResource | None) -> tuple[str, ...]:
+            spec = providers.get(provider)
+            paths: tuple[str, ...] = ()
+            if spec is not None and spec.needs:
+                if missing_derivations(spec.needs):
+                    self.evaluator.evaluate({}, select=set(), writable=True)
+                paths += builder.realise(spec.needs, what=f"provider {provider!r}")
+            if desired is not None and desired.needs:
+                if missing_derivations(desired.needs):  # it became ready in a pass that wrote no derivation
+                    known = {p: s.outputs for p, s in dict(executor.state).items()}
+                    self.evaluator.evaluate(known, select={desired.path}, writable=True)
+                paths += builder.realise(desired.needs, what=f"resource {desired.path!r}")
+            return paths
+
+        return prepare
+
+    def _instantiate(self, planned: Planned) -> None:
+        """Write to the store the derivations the plan's resources and providers refer to: the plan's evaluation
+        computed their paths without writing them (see ``builds.missing_derivations``). One pass for all."""
+        moving = {c.path for c in planned.plan.changes if c.action in {Action.CREATE, Action.UPDATE, Action.REPLACE}}
+        select = {p for p in moving if planned.desired[p].ready and missing_derivations(planned.desired[p].needs)}
+        needed = {n for spec in planned.providers.values() for n in spec.needs}
+        if not select and not missing_derivations(needed):
+            return
+        known = {p: s.outputs for p, s in planned.state.items() if p not in moving}
+        self.evaluator.evaluate(known, select=select, writable=True)
+
     def apply(self, planned: Planned, *, report: Callable[[Event], None] = lambda e: None) -> RunResult:
         """Carry out ``planned`` and commit what was done to the state branch, even when some of it failed."""
+        builds = any(r.needs for r in planned.desired.values()) or any(s.needs for s in planned.providers.values())
+        if builds and planned.plan.changes:
+            self._instantiate(planned)
         journal = Journal(self.journal_path)
         executor = Executor(
             providers=Providers(
@@ -369,8 +410,11 @@ class Engine:
             journal=journal,
             base_rank=1 + max((s.rank for s in planned.state.values()), default=0),
         )
+        executor.prepare = self._prepare(
+            Builder(self.settings.nix, self.roots, log=self.log), planned.providers, executor
+        )
         try:
-            with executor.providers, self.evaluator.session():
+            with executor.providers, self.evaluator.session(writable=builds):
                 executor.run(planned.plan, planned.desired, planned.dependencies, planned.state, planned.refresh)
             self._refresh_edges(executor)
             _mark_read(executor.state, planned.desired, executor.reads_seen)
@@ -379,11 +423,16 @@ class Engine:
                 started = time.monotonic()
                 commit = self.commit(planned.state, executor.state, executor.outcomes)
                 seconds = time.monotonic() - started
+                self.keep_roots(executor.state)
                 failpoints.hit("journal-clear")
                 journal.clear(keep=journal.unresolved())  # only once the state commit holds what it recorded
             finally:
                 journal.close()
         return RunResult(executor.outcomes, commit, _counts(executor.outcomes), seconds)
+
+    def keep_roots(self, state: Mapping[str, ResourceState]) -> None:
+        """Keep garbage-collector roots for exactly the store paths ``state`` (as committed) refers to."""
+        self.roots.keep(p for record in state.values() for p in record.store_paths)
 
     def _refresh_edges(self, executor: Executor) -> None:
         """The edges of the resources whose inputs became known during the run, read again in one pass with

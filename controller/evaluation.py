@@ -17,7 +17,7 @@ import resource
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,11 @@ from controller.model import (
     DesiredResource,
     EvalLimits,
     KnownOutputs,
+    NixSettings,
     ProviderSpec,
 )
 from controller.nix_repl import NeedsStore, NixRepl, ReplTimeout, ReplUnavailable
+from controller.nixcli import common_options
 from controller.processes import KEPT_LIMIT, CommandFailed, run
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
@@ -55,6 +57,8 @@ def nix_options(limits: EvalLimits, roots: Iterable[Path]) -> list[str]:
     options += ["--option", "allow-import-from-derivation", "false"]
     for root in [*roots, harness_path().parent, *limits.allowed_paths]:
         options += ["-I", str(root)]
+    for entry in limits.nix_path:  # `<name>` finds these, and what they name may be read
+        options += ["-I", entry]
     return options
 
 
@@ -119,7 +123,6 @@ def local_provider_spec() -> ProviderSpec:
     )
 
 
-TAG_PREFIX = "/nix/store/00000000000000000000000000000000-nixgitops-"  # the taint of a known output (harness)
 KNOWN_ATTRIBUTES = {"resource": ("type", "inputs", "lifecycle"), "composite": ("members",)}
 
 
@@ -180,7 +183,7 @@ def parse_traces(stderr: str) -> _Traces:
 
 
 def _untag(key: str) -> str:
-    """A resource path from its taint (the harness strips TAG_PREFIX)."""
+    """A resource path from its taint (the harness strips the fake store path's prefix)."""
     return key.replace("?", "'") if "?" in key else key
 
 
@@ -197,9 +200,11 @@ class NixEvaluator:
         nix_instantiate: str = "nix-instantiate",
         limits: EvalLimits | None = None,
         root: Path | None = None,
+        nix: NixSettings | None = None,
     ) -> None:
         self.entry_file = entry_file.resolve()
         self.limits = limits or EvalLimits()
+        self.nix = nix or NixSettings()
         self.root = (root or self.entry_file.parent).resolve()  # what the deployment may read, when restricted
         self.source = source
         self.show_trace = show_trace
@@ -209,17 +214,21 @@ class NixEvaluator:
         self._checked_types: set[str] = set()  # resource types already found served by a declared provider
         self._persistent = False  # within session(): selective passes go to one `nix repl` ...
         self._repl: NixRepl | None = None  # ... started at the first of them
+        self._writable = False  # within session(writable=True): the repl writes derivations to the store
         self.taint = True  # string context as taint in nix-instantiate passes, until the deployment refuses it
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
+    def session(self, *, writable: bool = False) -> Iterator[None]:
         """Within this block, passes that evaluate selected resources (those of apply, after each settle) run in
-        one persistent ``nix repl`` instead of a ``nix-instantiate`` each; see controller/nix_repl.py."""
+        one persistent ``nix repl`` instead of a ``nix-instantiate`` each; see controller/nix_repl.py. With
+        ``writable``, those passes write the derivations they evaluate to the store, to be built."""
         self._persistent = True
+        self._writable = writable
         try:
             yield
         finally:
             self._persistent = False
+            self._writable = False
             if self._repl is not None:
                 self._repl.close()
                 self._repl = None
@@ -242,9 +251,12 @@ class NixEvaluator:
         known: Mapping[str, Mapping[str, Any]],
         *,
         select: Iterable[str] | None = None,
+        writable: bool = False,
     ) -> Evaluation:
         """Evaluate the selected resources (all when ``select`` is None), with ``known`` outputs final. Each
-        resource comes with the resources its inputs read (``DesiredResource.reads``)."""
+        resource comes with the resources its inputs read (``DesiredResource.reads``) and the store paths they
+        refer to (``DesiredResource.needs``). A ``writable`` pass writes the derivations it evaluates to the store
+        (to be built); others only compute their paths."""
         if not self.entry_file.is_file():
             raise EvaluationError(
                 f"The deployment entry file {self.entry_file} does not exist. Create it, or point --dir/--file at it."
@@ -256,7 +268,11 @@ class NixEvaluator:
             "taint": False,
             "focus": None,
         }
-        answer, traces = self._run(args, persistent=select is not None and self._persistent)
+        answer, traces = self._run(
+            args,
+            persistent=select is not None and self._persistent and (not writable or self._writable),
+            writable=writable,
+        )
         for line in traces.other:
             if self.log is not None:
                 self.log(line)
@@ -295,22 +311,49 @@ class NixEvaluator:
                 reads = frozenset((traced or set()).union(_untag(k) for k in tags or ()) - {path})
             blocked = frozenset(traces.unknown[path]) if path in traces.unknown else nothing
             desired = self._resource(item, providers, blocked, reads, answer.get("markers", True))
+            if item.get("s"):
+                desired = replace(desired, needs=frozenset(item["s"]))
             resources[desired.path] = desired
+        if answer.get("tainted"):
+            resources = self._untainted(args, resources)
         return Evaluation(resources, providers)
+
+    def _untainted(self, args: dict[str, Any], resources: dict[str, DesiredResource]) -> dict[str, DesiredResource]:
+        """The values of the resources that built a derivation from an output they read, from a pass without
+        taint: the taint (a fake store path in the output's strings) would have become part of the derivation,
+        changing its path. Their edges stay those of both passes."""
+        redo = {p for p, r in resources.items() if r.needs and r.reads}
+        if not redo:
+            return resources
+        answer, traces = self._run(dict(args, select=[p.split(".") for p in sorted(redo)]), taint=False)
+        providers = self._providers(answer.get("providers", {}))
+        for item in answer.get("resources", []):
+            path = item["p"]
+            old = resources[path]
+            reads = frozenset(traces.reads.get(path, set())) | old.reads
+            blocked = frozenset(traces.unknown.get(path, set()))
+            desired = self._resource(item, providers, blocked, reads - {path}, answer.get("markers", True))
+            resources[path] = replace(desired, needs=frozenset(item.get("s") or ()))
+        return resources
 
     # -- running Nix ---------------------------------------------------------------------------------------
 
-    def _run(self, args: dict[str, Any], *, persistent: bool = False) -> tuple[Any, _Traces]:
+    def _run(
+        self, args: dict[str, Any], *, persistent: bool = False, writable: bool = False, taint: bool = True
+    ) -> tuple[Any, _Traces]:
         self.passes += 1
         if persistent:
             try:
                 return self._run_in_repl(args)
             except (NeedsStore, ReplUnavailable) as exc:
                 self._fall_back(exc)
-        if not self.taint or args.get("focus") is not None:
-            return self._instantiate(args)
+        if writable or not taint or not self.taint or args.get("focus") is not None:
+            return self._instantiate(args, writable=writable)  # (taint needs a read-only store: see harness.nix)
         try:
-            return self._instantiate(dict(args, taint=True))
+            answer, traces = self._instantiate(dict(args, taint=True))
+            if isinstance(answer, dict):
+                answer["tainted"] = True
+            return answer, traces
         except EvaluationError as exc:
             if isinstance(exc, LimitError):
                 raise
@@ -328,8 +371,8 @@ class NixEvaluator:
             )
         return answer
 
-    def _instantiate(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
-        """One pass with ``nix-instantiate``."""
+    def _instantiate(self, args: dict[str, Any], *, writable: bool = False) -> tuple[Any, _Traces]:
+        """One pass with ``nix-instantiate``; ``writable``: derivations it evaluates are written to the store."""
         known = args["known"]
         if isinstance(known, KnownOutputs):
             args = dict(args, known=known.snapshot())
@@ -343,8 +386,8 @@ class NixEvaluator:
                 "--eval",
                 "--strict",
                 "--json",
-                "--readonly-mode",
-                *(["--store", store] if (store := os.environ.get("NIXGITOPS_NIX_STORE")) else []),
+                "--read-write-mode" if writable else "--readonly-mode",
+                *common_options(self.nix),
                 *(["--show-trace"] if self.show_trace else []),
                 *nix_options(self.limits, [self.root, Path(private)]),
                 str(harness_path()),
@@ -402,6 +445,7 @@ class NixEvaluator:
                 wrap=lambda argv, scratch: limited(
                     [*argv, *nix_options(self.limits, [self.root, scratch])], self.limits.memory
                 ),
+                store=common_options(self.nix) if self._writable else None,
             )
         try:
             text, printed = self._repl.evaluate({k: v for k, v in args.items() if k != "known"}, args["known"])
@@ -456,7 +500,7 @@ class NixEvaluator:
                 raise DeploymentError(
                     f"{where}: `resourceTypes` must be a non-empty list of strings (the types it serves)."
                 )
-            providers[name] = ProviderSpec(name, exe, tuple(argv), frozenset(types))
+            providers[name] = ProviderSpec(name, exe, tuple(argv), frozenset(types), needs=frozenset(p.get("s") or ()))
         return providers
 
     def _resource(

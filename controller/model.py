@@ -59,6 +59,8 @@ class ProviderSpec:
     args: tuple[str, ...]
     resource_types: frozenset[str]
     builtin: bool = False
+    needs: frozenset[str] = frozenset()
+    """The store paths its executable and arguments refer to, realised before it starts (``controller.builds``)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class DesiredResource(Typed):
     blocked_by: frozenset[str] = frozenset()
     prevent_destroy: bool = False
     reads: frozenset[str] = frozenset()
+    needs: frozenset[str] = frozenset()
+    """The store paths the inputs' strings refer to (Nix string context: ``<drv>!<output>``, a .drv for all its
+    outputs, a source path), realised before the inputs go to the provider (``controller.builds``)."""
 
     @property
     def ready(self) -> bool:
@@ -104,6 +109,7 @@ _RECORD_KEYS: Final = frozenset(
         "updatedAt",
         "rank",
         "read",
+        "storePaths",
     )
 )
 
@@ -128,6 +134,9 @@ class ResourceState(Typed):
     read: bool = False
     """Whether any resource was ever seen reading this one's outputs (never cleared): such a resource is deleted
     after every resource deleted with it that ranks above it."""
+    store_paths: tuple[str, ...] = ()
+    """The Nix store paths its last operation was given (built outputs and sources its inputs and its provider
+    refer to): kept alive by garbage-collector roots while the record exists (``controller.builds``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +152,7 @@ class ResourceState(Typed):
             "updatedAt": self.updated_at,
             **({"rank": self.rank} if self.rank else {}),
             **({"read": True} if self.read else {}),
+            **({"storePaths": list(self.store_paths)} if self.store_paths else {}),
             **dict(self.extra),
         }
 
@@ -164,6 +174,7 @@ class ResourceState(Typed):
             extra={k: v for k, v in data.items() if k not in _RECORD_KEYS},
             rank=int(data.get("rank") or 0),
             read=bool(data.get("read", False)),
+            store_paths=tuple(data.get("storePaths") or ()),
         )
         return record
 
@@ -209,3 +220,14 @@ class EvalLimits:
     memory: int = 2 * 1024**3
     restrict: bool = True
     allowed_paths: tuple[str, ...] = ()
+    nix_path: tuple[str, ...] = ()
+    """Search-path entries (``nixpkgs=/path``) that ``<nixpkgs>`` finds; their paths may be read."""
+
+
+@dataclass(frozen=True)
+class NixSettings:
+    """How nixgitops runs Nix: ``options`` (``--option NAME VALUE``: substituters, trusted keys, ...) go to every
+    Nix command it runs; one build may take ``build_timeout`` seconds."""
+
+    options: tuple[tuple[str, str], ...] = ()
+    build_timeout: float = 1800.0

@@ -24,7 +24,8 @@ markers only the last ``MAX_LINES`` are kept (``processes.BoundedLines``).
 
 The repl runs against the ``dummy://`` store (or ``NIXGITOPS_NIX_STORE``), which cannot copy anything into
 a store; an evaluation that needs to (``"${./file}"``) fails there, and the caller falls back to
-``nix-instantiate --readonly-mode`` (see ``NeedsStore``).
+``nix-instantiate --readonly-mode`` (see ``NeedsStore``). During an apply that builds, it runs against the real
+store instead, and writes the derivations it evaluates, to be built.
 """
 
 from __future__ import annotations
@@ -79,9 +80,12 @@ class NixRepl:
         show_trace: bool = False,
         timeout: float | None = None,
         wrap: Callable[[list[str], Path], list[str]] = lambda argv, scratch: argv,
+        store: list[str] | None = None,
     ) -> None:
         """``wrap`` turns the repl's command line into the one to run (limits, options), given the scratch
-        directory whose files the repl reads."""
+        directory whose files the repl reads. ``store``: the options that name the store and configure Nix
+        (``nixcli.common_options``), for a repl that writes derivations to be built; None: ``dummy://`` (or
+        ``NIXGITOPS_NIX_STORE``), which writes nothing."""
         self.timeout = timeout
         self._dir = Path(tempfile.mkdtemp(prefix="nixgitops-repl-"))
         self._known_dir = self._dir / "known"
@@ -98,8 +102,9 @@ class NixRepl:
         nonce = secrets.token_hex(8)
         self._result = f"{RESULT}{nonce} "
         self._end = f"{END}{nonce} "
-        store = os.environ.get("NIXGITOPS_NIX_STORE") or "dummy://"
-        argv = ["nix", "--extra-experimental-features", "nix-command", "repl", "--store", store]
+        if store is None:
+            store = ["--store", os.environ.get("NIXGITOPS_NIX_STORE") or "dummy://"]
+        argv = ["nix", "--extra-experimental-features", "nix-command", "repl", *store]
         if show_trace:
             argv.append("--show-trace")
         try:

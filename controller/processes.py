@@ -9,7 +9,9 @@ what is read of such output within fixed bounds, for ``run(keep_stderr=...)`` an
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -321,3 +323,47 @@ def spawn(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+
+
+def run_logged(
+    argv: Sequence[str], *, timeout: float | None, on_line: Callable[[str], None] | None = None
+) -> Completed:
+    """Run a command to completion, handing each line it prints on stderr to ``on_line`` as it comes (a build's
+    log); of stderr the end is kept (``BoundedLines``), stdout whole. Raises ``CommandFailed`` if it cannot start
+    or does not finish within ``timeout`` (then it is killed, with its process group)."""
+    try:
+        proc = spawn(argv)
+    except OSError as exc:
+        raise CommandFailed(argv, None, "", "", f"could not start: {exc.strerror}") from None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.close()
+    stdout: list[bytes] = []
+    stderr = BoundedLines(lambda line: False)
+
+    def read_stderr(stream: IO[bytes]) -> None:
+        for line in read_lines(stream):
+            stderr.add(line)
+            if on_line is not None:
+                on_line(line)
+
+    threads = [
+        threading.Thread(target=lambda out: stdout.append(out.read()), args=(proc.stdout,), daemon=True),
+        threading.Thread(target=read_stderr, args=(proc.stderr,), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a build's children too
+        proc.wait()
+        for thread in threads:
+            thread.join(timeout=5)
+        raise CommandFailed(argv, None, "", stderr.text(), f"did not finish within {timeout:g}s") from None
+    for thread in threads:
+        thread.join(timeout=5)
+    for stream in (proc.stdout, proc.stderr):
+        with contextlib.suppress(OSError):
+            stream.close()
+    return Completed(list(argv), proc.returncode, b"".join(stdout).decode(errors="replace"), stderr.text())

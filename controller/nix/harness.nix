@@ -50,7 +50,7 @@ let
   # context naming the resource, which survives interpolation, concatenation, toJSON, substring and
   # replaceStrings, so every reader that keeps any of it is found, however many read it.
   taint = args.taint or false;
-  tagPrefix = "/nix/store/00000000000000000000000000000000-nixgitops-";
+  tagPrefix = "${builtins.storeDir}/00000000000000000000000000000000-nixgitops-";
   tagDeep = context: v:
     if builtins.isString v then builtins.appendContext v context
     else if builtins.isAttrs v then builtins.mapAttrs (_: tagDeep context) v
@@ -63,13 +63,28 @@ let
     in
     builtins.trace "nixgitops:read ${path}"
       (if builtins.isAttrs outputs then builtins.mapAttrs (_: leaf) outputs else leaf outputs);
-  # The resources named by the taint in a value's strings, without the prefix (the caller decodes them).
+  # What a value's strings refer to, from their string context: `r`, the resources named by the taint, without
+  # the prefix (the caller decodes them); `s`, the store paths to realise before the value is used: a
+  # derivation's output as "<drv>!<output>", every output of a derivation as its .drv, a source as its path.
   tagLength = builtins.stringLength tagPrefix;
-  tainted = v:
-    if !taint then [ ]
-    else
-      builtins.concatMap (k: if builtins.substring 0 tagLength k == tagPrefix then [ (builtins.substring tagLength 1000 k) ] else [ ])
-        (builtins.attrNames (builtins.getContext (builtins.toJSON v)));
+  contextOf = v:
+    let
+      context = builtins.getContext (builtins.toJSON v);
+      isTag = k: taint && builtins.substring 0 tagLength k == tagPrefix;
+      keys = builtins.attrNames context;
+      store = builtins.concatMap
+        (k:
+          if isTag k then [ ]
+          else
+            let c = context.${k}; in
+            (if c.path or false || c.allOutputs or false then [ k ] else [ ])
+            ++ map (o: "${k}!${o}") (c.outputs or [ ]))
+        keys;
+    in
+    {
+      r = builtins.concatMap (k: if isTag k then [ (builtins.substring tagLength 1000 k) ] else [ ]) keys;
+      s = store;
+    };
 
   join = prefix: name: if prefix == "" then name else "${prefix}.${name}";
 
@@ -175,9 +190,8 @@ let
       a = shape.success && shape.value && whole.success; # `i` holds the inputs themselves, not field by field
       d = if builtins.isAttrs lifecycle then lifecycle.preventDestroy or false else false;
       l = builtins.typeOf lifecycle;
-      r = tainted fields;
       x = strange ++ map (a: "lifecycle.${a}") lifecycleExtra;
-    };
+    } // (let c = contextOf fields; in { r = c.r; } // (if c.s == [ ] then { } else { s = c.s; }));
 
   topMembers = result.members or { };
   entries = if builtins.isAttrs topMembers then collect "" [ ] topMembers else [ ];
@@ -193,11 +207,16 @@ let
     builtins.mapAttrs
       (name: p:
         if !builtins.isAttrs p then { invalid = builtins.typeOf p; }
-        else {
-          executable = let e = p.executable or null; in if builtins.isPath e then toString e else e;
-          args = map (a: if builtins.isPath a then toString a else a) (p.args or [ ]);
-          resourceTypes = p.resourceTypes or [ ];
-        })
+        else
+          let
+            executable = let e = p.executable or null; in if builtins.isPath e || builtins.isAttrs e then toString e else e;
+            args = map (a: if builtins.isPath a || builtins.isAttrs a then toString a else a) (p.args or [ ]);
+          in
+          {
+            inherit executable args;
+            resourceTypes = p.resourceTypes or [ ];
+            s = if builtins.isString executable && builtins.all builtins.isString args then (contextOf [ executable args ]).s else [ ];
+          })
       declared;
 
   focused =

@@ -1,0 +1,155 @@
+"""Builds: realise the store paths a deployment refers to, and keep them alive.
+
+A resource's inputs and a provider's executable refer to store paths through Nix string context
+(``DesiredResource.needs``, ``ProviderSpec.needs``): ``<drv>!<output>`` for a derivation's output, a ``.drv`` for
+all of its outputs, or a source path. Before the provider starts or the request goes out, ``Builder.realise``
+runs ``nix-store --realise`` on them: each set of paths once per run (callers that need paths being built wait
+for that build), within a time limit, with Nix's log forwarded line by line. Every realised path gets an indirect
+garbage-collector root at once, in the deployment's roots directory; once the run's state is committed,
+``GcRoots.keep`` keeps exactly the roots of what the state refers to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+
+from controller.errors import NixgitopsError
+from controller.model import NixSettings
+from controller.nixcli import common_options
+from controller.processes import CommandFailed, run, run_logged
+
+Log = Callable[[str], None]
+NIX_STORE = "nix-store"
+_FAILED_DRV = re.compile(r"(?:builder for|build of) '([^']+\.drv)'")
+
+
+class BuildError(NixgitopsError):
+    """A store path could not be realised: Nix's message, the derivation named."""
+
+
+def derivation_of(need: str) -> str | None:
+    """The ``.drv`` a need is built from (None for a source path)."""
+    path = need.split("!", 1)[0]
+    return path if path.endswith(".drv") else None
+
+
+def missing_derivations(needs: Iterable[str]) -> set[str]:
+    """The derivations among ``needs`` whose ``.drv`` file is not in the store yet: a read-only evaluation
+    computed their paths without writing them, so a writable evaluation must run before they can be built."""
+    return {d for n in needs if (d := derivation_of(n)) is not None and not os.path.exists(d)}
+
+
+class Builder:
+    """Realises store paths for one run, each set once; roots what it realised in ``roots`` (a ``GcRoots``)."""
+
+    def __init__(self, settings: NixSettings, roots: GcRoots, *, log: Log | None = None) -> None:
+        self.settings = settings
+        self.roots = roots
+        self.log = log
+        self._lock = threading.Lock()
+        self._builds: dict[frozenset[str], Future[tuple[str, ...]]] = {}
+        self._token = secrets.token_hex(4)  # the run's roots, next to those of other runs and of the state
+        self._counter = 0
+        self.realised: set[str] = set()
+        """Every store path realised in this run."""
+
+    def realise(self, needs: Iterable[str], *, what: str) -> tuple[str, ...]:
+        """The store paths ``needs`` stand for, built or substituted if they are not valid yet; ``what`` names
+        who needs them in errors and logs (``resource 'web'``). Raises ``BuildError``."""
+        key = frozenset(needs)
+        if not key:
+            return ()
+        with self._lock:
+            future = self._builds.get(key)
+            mine = future is None
+            if future is None:
+                future = self._builds[key] = Future()
+                self._counter += 1
+                link = self.roots.directory / f"{self._token}-{self._counter}"
+        if not mine:
+            return future.result()
+        try:
+            paths = self._realise(sorted(key), link, what)
+        except BuildError as exc:
+            future.set_exception(exc)
+            raise
+        except BaseException as exc:  # interrupted: another caller may build it again
+            with self._lock:
+                self._builds.pop(key, None)
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            self.realised.update(paths)
+        future.set_result(paths)
+        return paths
+
+    def _realise(self, needs: list[str], link: Path, what: str) -> tuple[str, ...]:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        argv = [NIX_STORE, *common_options(self.settings), "--realise", *needs, "--add-root", str(link)]
+        log = self.log
+        on_line = None if log is None else (lambda line: log(f"[build] {line}"))
+        try:
+            done = run_logged(argv, timeout=self.settings.build_timeout, on_line=on_line)
+        except CommandFailed as exc:
+            if exc.returncode is None:
+                raise BuildError(
+                    f"Building what {what} needs did not finish within {self.settings.build_timeout:g} s"
+                    f" (build_timeout) and was stopped: {', '.join(needs)}."
+                ) from None
+            raise BuildError(f"Cannot run {NIX_STORE} to build what {what} needs: {exc}") from None
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            failed = sorted(set(_FAILED_DRV.findall(done.stderr))) or [n.split("!", 1)[0] for n in needs]
+            raise BuildError(
+                f"Building {', '.join(failed)} for {what} failed (`nix-store --read-log DRV` shows its whole"
+                " log):\n" + "\n".join(lines[-30:])
+            )
+        paths = []
+        for line in done.stdout.splitlines():
+            line = line.strip()
+            if line:
+                paths.append(os.readlink(line) if os.path.islink(line) else line)
+        return tuple(dict.fromkeys(paths))
+
+
+class GcRoots:
+    """The garbage-collector roots of one deployment: indirect roots (symlinks that Nix registers) in one
+    directory. A run adds the roots of what it realises as it goes; after its state is committed, ``keep`` drops
+    every root the state does not refer to."""
+
+    def __init__(self, directory: Path, settings: NixSettings, *, log: Log | None = None) -> None:
+        self.directory = directory
+        self.settings = settings
+        self.log = log
+
+    def keep(self, paths: Iterable[str]) -> None:
+        """Root exactly ``paths`` (those that exist): drop every other root, and root what has none yet (the state
+        of an older version, or of another machine)."""
+        wanted = {p for p in paths if p}
+        have: set[str] = set()
+        if self.directory.is_dir():
+            for link in self.directory.iterdir():
+                target = os.readlink(link) if link.is_symlink() else None
+                if target in wanted and target not in have:
+                    have.add(target)
+                else:
+                    link.unlink(missing_ok=True)
+        new = sorted(p for p in wanted - have if os.path.exists(p))
+        if new:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        for path in new:  # one command each: given several paths, Nix would name the roots itself
+            link = self.directory / os.path.basename(path)
+            argv = [NIX_STORE, *common_options(self.settings), "--realise", path, "--add-root", str(link)]
+            try:
+                done = run(argv, check=False, timeout=60)
+                problem = done.stderr.strip()[-300:] if done.returncode != 0 else ""
+            except CommandFailed as exc:
+                problem = str(exc)
+            if problem and self.log is not None:
+                self.log(f"could not register a garbage-collector root for {path}: {problem}")
