@@ -91,11 +91,12 @@ class Builder:
 
     def _realise(self, needs: list[str], link: Path, what: str) -> tuple[str, ...]:
         link.parent.mkdir(parents=True, exist_ok=True)
-        argv = [NIX_STORE, *common_options(self.settings), "--realise", *needs, "--add-root", str(link)]
+        limit = ["--option", "timeout", str(max(1, round(self.settings.build_timeout)))]  # Nix stops the builder
+        argv = [NIX_STORE, *common_options(self.settings), *limit, "--realise", *needs, "--add-root", str(link)]
         log = self.log
         on_line = None if log is None else (lambda line: log(f"[build] {line}"))
         try:
-            done = run_logged(argv, timeout=self.settings.build_timeout, on_line=on_line)
+            done = run_logged(argv, timeout=self.settings.build_timeout + 30, on_line=on_line)
         except CommandFailed as exc:
             if exc.returncode is None:
                 raise BuildError(
@@ -105,6 +106,8 @@ class Builder:
             raise BuildError(f"Cannot run {NIX_STORE} to build what {what} needs: {exc}") from None
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
+            if "timed out after" in done.stderr:
+                lines.append(f"(build_timeout is {self.settings.build_timeout:g} s)")
             failed = sorted(set(_FAILED_DRV.findall(done.stderr))) or [n.split("!", 1)[0] for n in needs]
             raise BuildError(
                 f"Building {', '.join(failed)} for {what} failed (`nix-store --read-log DRV` shows its whole"

@@ -22,7 +22,7 @@ from controller.apply import Event
 from controller.engine import Engine, Planned, RunResult, Settings
 from controller.errors import NixgitopsError, StateError, UserError
 from controller.journal import read_entries
-from controller.model import EvalLimits
+from controller.model import EvalLimits, NixSettings
 from controller.plan_render import plan_json, render_plan
 from controller.planning import Action
 from controller.state_branch import StateBranch
@@ -70,6 +70,33 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--allow-path", type=Path, action="append", default=[], help="a path outside the repository it may read"
+    )
+    common.add_argument(
+        "--flake",
+        nargs="?",
+        const=".#nixgitops",
+        metavar="REF",
+        help="evaluate the deployment from a flake output, purely (default .#nixgitops, relative to --dir)",
+    )
+    common.add_argument(
+        "-I",
+        dest="nix_path",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a search-path entry for <NAME> (without a flake); its path may be read",
+    )
+    common.add_argument(
+        "--option",
+        dest="nix_options",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a Nix setting for every Nix command (such as substituters)",
+    )
+    common.add_argument(
+        "--build-timeout", type=_positive_float, default=1800.0, help="seconds one build may take (1800)"
     )
 
     running = argparse.ArgumentParser(add_help=False)
@@ -140,8 +167,17 @@ def _settings(args: argparse.Namespace) -> Settings:
             memory=args.eval_memory * 1024**2,
             restrict=not args.no_restrict_eval,
             allowed_paths=tuple(str(p.resolve()) for p in args.allow_path),
+            nix_path=tuple(_search_path(e) for e in args.nix_path),
         ),
+        nix=NixSettings(options=tuple((n, v) for n, v in args.nix_options), build_timeout=args.build_timeout),
+        flake=args.flake,
     )
+
+
+def _search_path(entry: str) -> str:
+    """``NAME=PATH`` (or a bare path) with its path made absolute."""
+    name, equals, path = entry.rpartition("=")
+    return f"{name}{equals}{Path(path).resolve()}"
 
 
 def _log(args: argparse.Namespace) -> object:
@@ -263,10 +299,13 @@ def _run(args: argparse.Namespace, *, destroy: bool) -> int:
         for path in sorted(planned.held):
             print(f"{path}: {planned.held[path]}", flush=True)
         if not planned.plan.has_changes:
-            if planned.refresh:  # what unchanged resources read changed: their records, no provider call
+            if planned.refresh or planned.plan.providers:  # records to write again, no provider call
                 state = planned.state
-                engine.commit(state, {**state, **planned.refresh}, {})
-                print(f"Recorded what {len(planned.refresh)} unchanged resource(s) read (no provider call).")
+                engine.commit(state, {**state, **planned.refresh}, {}, providers=planned.providers)
+                if planned.refresh:
+                    print(f"Recorded what {len(planned.refresh)} unchanged resource(s) read (no provider call).")
+                if planned.plan.providers:
+                    print(f"Recorded the new command of {len(planned.plan.providers)} provider(s).")
             return _held(planned)
         verb = "destroy" if destroy else "apply"
         _confirm(args, verb)

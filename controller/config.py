@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import UserError
-from controller.model import EvalLimits
+from controller.model import EvalLimits, NixSettings
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -56,6 +56,10 @@ class DeploymentConfig:
     verify: Verification | None = None
     drift_interval: float | None = 600.0
     evaluation: EvalLimits = field(default_factory=EvalLimits)
+    flake: str | None = None
+    """The attribute path of the output of the repository's flake that holds the deployment (instead of
+    ``file``)."""
+    nix: NixSettings = field(default_factory=NixSettings)
 
     @property
     def state_url(self) -> str:
@@ -276,6 +280,10 @@ KEYS = {
     "evaluation_memory",
     "restrict_eval",
     "allowed_paths",
+    "nix_path",
+    "flake",
+    "nix_options",
+    "build_timeout",
 }
 
 
@@ -333,11 +341,40 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         allowed = [p for p in allowed.split(":") if p]
     if not isinstance(allowed, list) or not all(isinstance(p, str) and Path(p).is_absolute() for p in allowed):
         raise ConfigError(f"{where(prefix + '.allowed_paths')} must be a list of absolute paths.")
+    nix_path = table.get("nix_path", [])
+    if isinstance(nix_path, str):  # from the environment: separated by ':'
+        nix_path = [p for p in nix_path.split(":") if p]
+    if not isinstance(nix_path, list) or not all(
+        isinstance(e, str) and (Path(e.partition("=")[2] or e).is_absolute()) for e in nix_path
+    ):
+        raise ConfigError(
+            f"{where(prefix + '.nix_path')} must be a list of search-path entries such as"
+            ' "nixpkgs=/srv/nixpkgs" (absolute paths).'
+        )
     evaluation = EvalLimits(
         timeout=duration(table.get("evaluation_timeout", "5m"), where(prefix + ".evaluation_timeout")),
         memory=size(table.get("evaluation_memory", "2GiB"), where(prefix + ".evaluation_memory")),
         restrict=flag("restrict_eval", True),
         allowed_paths=tuple(allowed),
+        nix_path=tuple(nix_path),
+    )
+    options = table.get("nix_options", {})
+    if not isinstance(options, dict) or not all(
+        isinstance(v, str | bool | int) and not isinstance(v, float) for v in options.values()
+    ):
+        raise ConfigError(
+            f"{where(prefix + '.nix_options')} must be a table of Nix settings, such as"
+            ' { substituters = "https://cache.example.org", require-sigs = true }.'
+        )
+    flake = text("flake", None)
+    if flake is not None and ("file" in table or "#" in flake):
+        raise ConfigError(
+            f"{where(prefix + '.flake')}: give either `flake` (the attribute of the repository's flake output, such"
+            ' as "nixgitops") or `file`, not both, and no "#".'
+        )
+    nix = NixSettings(
+        options=tuple((k, _nix_value(v)) for k, v in options.items()),
+        build_timeout=duration(table.get("build_timeout", "30m"), where(prefix + ".build_timeout")),
     )
     return DeploymentConfig(
         name=name,
@@ -362,7 +399,16 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
             else duration(table.get("drift_interval", "10m"), where(prefix + ".drift_interval"))
         ),
         evaluation=evaluation,
+        flake=flake,
+        nix=nix,
     )
+
+
+def _nix_value(value: str | bool | int) -> str:
+    """A setting's value as Nix's ``--option`` takes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _valid_branch(name: str) -> bool:

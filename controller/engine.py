@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import pygit2
 
-from controller import failpoints, planning
+from controller import failpoints, flakes, planning
 from controller.apply import Event, Executor, Outcome, now
 from controller.builds import Builder, GcRoots, missing_derivations
 from controller.errors import DeploymentError, NixgitopsError
@@ -167,6 +167,8 @@ class Settings:
     identity: tuple[str, str] = DEFAULT_IDENTITY
     evaluation: EvalLimits = field(default_factory=EvalLimits)
     nix: NixSettings = field(default_factory=NixSettings)
+    flake: str | None = None
+    """``REF#ATTR``: evaluate that flake output (REF relative to ``directory``) instead of ``entry``."""
 
 
 @dataclass
@@ -233,6 +235,7 @@ class Engine:
             limits=settings.evaluation,
             root=source_root,
             nix=settings.nix,
+            flake=flakes.locate(settings.flake, settings.directory) if settings.flake is not None else None,
         )
         self.log = log
 
@@ -241,6 +244,9 @@ class Engine:
         """The deployment in a Git checkout, as the command line uses it (state on a local branch)."""
         entry = Path(settings.entry)
         entry_file = entry if entry.is_absolute() else (settings.directory / entry)
+        if settings.flake is not None:
+            found = flakes.locate(settings.flake, settings.directory).directory
+            entry_file = (found or settings.directory) / "flake.nix"
         repo = open_repository(entry_file.parent if entry_file.parent.exists() else settings.directory)
         return cls(
             settings,
@@ -355,7 +361,12 @@ class Engine:
             allow_empty=allow_empty,
             source_commit=None if self.dirty else self.source_commit,  # a dirty tree is not that commit
         )
-        return self.hold_back(planned, self.unsettled() if exclude is None else exclude)
+        planned = self.hold_back(planned, self.unsettled() if exclude is None else exclude)
+        recorded = self.store.load_meta().get("providers")
+        if isinstance(recorded, Mapping) and planned.providers:
+            changed = planning.provider_changes(recorded, planned.providers)
+            planned = replace(planned, plan=replace(planned.plan, providers=changed))
+        return planned
 
     def _prepare(
         self, builder: Builder, providers: Mapping[str, ProviderSpec], executor: Executor
@@ -421,7 +432,7 @@ class Engine:
         finally:
             try:
                 started = time.monotonic()
-                commit = self.commit(planned.state, executor.state, executor.outcomes)
+                commit = self.commit(planned.state, executor.state, executor.outcomes, providers=planned.providers)
                 seconds = time.monotonic() - started
                 self.keep_roots(executor.state)
                 failpoints.hit("journal-clear")
@@ -463,9 +474,11 @@ class Engine:
         outcomes: Mapping[str, Outcome],
         *,
         note: str | None = None,
+        providers: Mapping[str, ProviderSpec] | None = None,
     ) -> str | None:
         """Commit the resources that changed and the run's summary; nothing when neither the resources nor the
-        attempted or applied commit changed."""
+        attempted or applied commit changed. ``providers``: the commands of the providers the run used, recorded
+        (``planning.provider_changes``)."""
         upserts = {p: s for p, s in after.items() if before.get(p) != s}
         deletes = set(before) - set(after)
         counts = _counts(outcomes)
@@ -475,7 +488,10 @@ class Engine:
         meta.update(deployment=self.settings.deployment, lastAttemptedCommit=self.source_commit)
         if ok:
             meta["lastAppliedCommit"] = self.source_commit
-        unchanged = all(meta.get(k) == stored.get(k) for k in ("lastAttemptedCommit", "lastAppliedCommit"))
+        if providers is not None:
+            meta["providers"] = {n: planning.provider_record(s) for n, s in sorted(providers.items()) if not s.builtin}
+        keys = ("lastAttemptedCommit", "lastAppliedCommit", "providers")
+        unchanged = all(meta.get(k) == stored.get(k) for k in keys)
         if not upserts and not deletes and unchanged:
             return None
         result = "success" if ok else "failed"

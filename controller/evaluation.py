@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import os
+import platform
 import re
 import resource
 import shutil
@@ -22,6 +24,7 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
+from controller import flakes
 from controller.errors import DeploymentError, EvaluationError
 from controller.model import (
     LOCAL_PROVIDER,
@@ -34,7 +37,7 @@ from controller.model import (
     ProviderSpec,
 )
 from controller.nix_repl import NeedsStore, NixRepl, ReplTimeout, ReplUnavailable
-from controller.nixcli import common_options
+from controller.nixcli import FLAKES, common_options
 from controller.processes import KEPT_LIMIT, CommandFailed, run
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
@@ -201,7 +204,11 @@ class NixEvaluator:
         limits: EvalLimits | None = None,
         root: Path | None = None,
         nix: NixSettings | None = None,
+        flake: flakes.Flake | None = None,
     ) -> None:
+        """``flake``: evaluate this flake's output, purely (``entry_file`` then only names its flake.nix)."""
+        self.flake = flake
+        self._locked: str | None = None  # the flake's locked reference, once asked
         self.entry_file = entry_file.resolve()
         self.limits = limits or EvalLimits()
         self.nix = nix or NixSettings()
@@ -244,7 +251,8 @@ class NixEvaluator:
 
     @property
     def where(self) -> str:
-        return f"{self.entry_file}" + (f" (commit {self.source})" if self.source else "")
+        what = f"the flake output {self.flake}" if self.flake is not None else f"{self.entry_file}"
+        return what + (f" (commit {self.source})" if self.source else "")
 
     def evaluate(
         self,
@@ -257,12 +265,13 @@ class NixEvaluator:
         resource comes with the resources its inputs read (``DesiredResource.reads``) and the store paths they
         refer to (``DesiredResource.needs``). A ``writable`` pass writes the derivations it evaluates to the store
         (to be built); others only compute their paths."""
-        if not self.entry_file.is_file():
+        if self.flake is None and not self.entry_file.is_file():
             raise EvaluationError(
                 f"The deployment entry file {self.entry_file} does not exist. Create it, or point --dir/--file at it."
             )
         args = {
-            "deployment": str(self.entry_file),
+            "deployment": None if self.flake is not None else str(self.entry_file),
+            "system": _system(),
             "known": known if isinstance(known, KnownOutputs) else dict(known),
             "select": None if select is None else [p.split(".") for p in sorted(select)],
             "taint": False,
@@ -270,7 +279,7 @@ class NixEvaluator:
         }
         answer, traces = self._run(
             args,
-            persistent=select is not None and self._persistent and (not writable or self._writable),
+            persistent=select is not None and self._persistent and (not writable or self._writable) and not self.flake,
             writable=writable,
         )
         for line in traces.other:
@@ -381,6 +390,13 @@ class NixEvaluator:
         try:
             with open(name, "w") as f:
                 f.write(json.dumps(args, separators=(",", ":"), check_circular=False))
+            if self.flake is not None:  # pure: the harness and its arguments come through the store
+                shutil.copyfile(harness_path(), os.path.join(private, "harness.nix"))
+                expression = flakes.bootstrap(Path(private), self._lock(), self.flake.attribute)
+                entry = [*FLAKES, "--option", "pure-eval", "true", *_NO_IFD, "-E", expression]
+            else:
+                entry = [*nix_options(self.limits, [self.root, Path(private)]), str(harness_path())]
+                entry += ["--argstr", "argsFile", name]
             argv = [
                 self.nix_instantiate,
                 "--eval",
@@ -389,11 +405,7 @@ class NixEvaluator:
                 "--read-write-mode" if writable else "--readonly-mode",
                 *common_options(self.nix),
                 *(["--show-trace"] if self.show_trace else []),
-                *nix_options(self.limits, [self.root, Path(private)]),
-                str(harness_path()),
-                "--argstr",
-                "argsFile",
-                name,
+                *entry,
             ]
             try:
                 done = run(
@@ -434,6 +446,13 @@ class NixEvaluator:
                 f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)) + _hint(done.stderr)
             )
         return _decode(done.stdout), traces
+
+    def _lock(self) -> str:
+        """The flake's locked reference, asked of Nix once per evaluator (its flake.lock must be up to date)."""
+        if self._locked is None:
+            assert self.flake is not None
+            self._locked = flakes.lock(self.flake, self.nix, timeout=self.limits.timeout)
+        return self._locked
 
     def _run_in_repl(self, args: dict[str, Any]) -> tuple[Any, _Traces]:
         if self._repl is None:
@@ -602,6 +621,16 @@ class NixEvaluator:
         return DesiredResource(path, rtype, inputs, True, blocked, item["d"], reads)
 
 
+_NO_IFD = ["--option", "allow-import-from-derivation", "false"]
+
+
+@functools.cache
+def _system() -> str:
+    """The system providers run on, as Nix names it (``x86_64-linux``)."""
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    return f"{machine}-{platform.system().lower()}"
+
+
 def _names(names: Iterable[str]) -> str:
     return ", ".join(f"`{n}`" for n in names)
 
@@ -613,7 +642,13 @@ def _suggest(name: str, known: Iterable[str]) -> str:
 
 
 def _hint(text: str) -> str:
-    """What to do about an error of restricted evaluation, when that is what Nix reported."""
+    """What to do about an error of restricted or pure evaluation, when that is what Nix reported."""
+    if "in pure eval mode" in text or "currentSystem" in text:
+        return (
+            "\nA flake is evaluated purely: it reads only its own files and the inputs its flake.lock pins, and"
+            " sees no environment, NIX_PATH or builtins.currentSystem. Take what it needs as a flake input, and"
+            " the system from the `system` argument of the deployment function."
+        )
     if "in restricted mode" not in text:
         return ""
     return (

@@ -64,12 +64,29 @@ def summary(counts: Mapping[str, int]) -> str:
     )
 
 
+def _providers(plan: Plan) -> str:
+    """The providers whose command changed (a rebuild), old and new, with what that means."""
+    out = []
+    for p in plan.providers:
+        out.append(
+            f"  # provider {p.name} changed since the last apply: its resources' next operations run the new one"
+        )
+        out.append(f"  ~ providers.{p.name}")
+        for key in ("executable", "args"):
+            if p.before.get(key) != p.after.get(key):
+                out.append(f"      ~ {key} = {value(p.before.get(key))} -> {value(p.after.get(key))}")
+        out.append("")
+    return "\n".join(out) + "\n" if out else ""
+
+
 def render_plan(plan: Plan) -> str:
     """The plan as text for people."""
     counts = plan.counts()
+    rebuilt = _providers(plan)
     if not plan.has_changes:
-        return f"No changes. The {counts['noop']} resource(s) in state match the deployment.\n"
-    out = ["nixgitops will perform the following actions:", ""]
+        return rebuilt + f"No changes. The {counts['noop']} resource(s) in state match the deployment.\n"
+    out = [rebuilt.rstrip("\n")] if rebuilt else []
+    out += ["nixgitops will perform the following actions:", ""]
     for change in plan.changes:
         if change.action is not Action.NOOP:
             out.extend(_change(change))
@@ -127,5 +144,6 @@ def plan_json(
         "deployment": deployment,
         "sourceCommit": source_commit,
         "changes": changes,
+        "providers": [{"name": p.name, "before": dict(p.before), "after": dict(p.after)} for p in plan.providers],
         "summary": plan.counts(),
     }

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller.errors import EmptyDeploymentError, PlanError
-from controller.model import ABSENT, UNKNOWN, DesiredResource, ResourceState, provider_of
+from controller.model import ABSENT, UNKNOWN, DesiredResource, ProviderSpec, ResourceState, provider_of
 
 
 class Action(StrEnum):
@@ -52,10 +52,40 @@ class Change:
 
 
 @dataclass(frozen=True)
+class ProviderChange:
+    """A provider whose command changed since the last apply (a rebuilt package: a new store path). Its
+    resources are not called for it; each operation from now on runs the new command."""
+
+    name: str
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+
+
+def provider_changes(recorded: Mapping[str, Any], current: Mapping[str, ProviderSpec]) -> tuple[ProviderChange, ...]:
+    """The declared providers whose executable or arguments differ from those ``recorded`` at the last apply."""
+    changes = []
+    for name in sorted(current):
+        spec, old = current[name], recorded.get(name)
+        if spec.builtin or not isinstance(old, Mapping):
+            continue
+        new = provider_record(spec)
+        if dict(old) != new:
+            changes.append(ProviderChange(name, dict(old), new))
+    return tuple(changes)
+
+
+def provider_record(spec: ProviderSpec) -> dict[str, Any]:
+    """What the state branch keeps of a provider: its command."""
+    return {"executable": spec.executable, "args": list(spec.args)}
+
+
+@dataclass(frozen=True)
 class Plan:
     """Every resource path with its change, sorted by path."""
 
     changes: tuple[Change, ...]
+    providers: tuple[ProviderChange, ...] = ()
+    """Providers whose command changed since the last apply: shown, recorded, nothing called."""
 
     def counts(self) -> dict[str, int]:
         result = {action.value: 0 for action in Action}

@@ -366,14 +366,17 @@ class Reconciler:
                 provider_timeout=d.provider_timeout,
                 identity=self.config.identity,
                 evaluation=d.evaluation,
+                nix=d.nix,
+                flake=f".#{d.flake}" if d.flake is not None else None,
             ),
             repo=self.state_cache.repo,
-            entry_file=checkout / d.file,
+            entry_file=checkout / ("flake.nix" if d.flake is not None else d.file),
             source_commit=head,
             journal=self.journal,
             workdir=self.workdir,
             log=self.log,
             source_root=checkout,
+            roots=self.config.data_dir / "gcroots" / d.name,
         )
         for note in engine.recover():  # what cannot be settled stays in the journal and holds back its resources
             if self.log is not None:
@@ -420,7 +423,7 @@ class Reconciler:
         else:
             state = engine.load_state()
             began = time.monotonic()  # what unchanged resources read may have changed: their records are written
-            record.state_commit = engine.commit(state, {**state, **planned.refresh}, {})
+            record.state_commit = engine.commit(state, {**state, **planned.refresh}, {}, providers=planned.providers)
             committing = time.monotonic() - began
             outcome, message = "no-change", "nothing to do"
         if planned.held:  # operations that are not settled held these back (Engine.plan): not everything was done

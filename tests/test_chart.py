@@ -98,6 +98,83 @@ def test_the_rendered_configuration_is_one_the_controller_accepts(tmp_path: Path
     assert parsed.receivers["gh"].deployments == ("web", "staging")
 
 
+def nix_conf(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The settings of the rendered nix.conf, one per name, the last line winning as in Nix."""
+    config = next(d for d in by_kind(docs, "ConfigMap") if "nix.conf" in d["data"])
+    lines = [line.strip() for line in config["data"]["nix.conf"].splitlines()]
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in lines if line and line[0] != "#")}
+
+
+def volume_at(pod: dict[str, Any], path: str) -> dict[str, Any]:
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == path)
+    return next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+def test_the_nix_values_render_into_the_nix_conf_nix_reads() -> None:
+    docs = render(ROOT / "tests" / "helm" / "full.yaml")
+    conf = nix_conf(docs)
+    assert conf["substituters"] == "https://cache.example.org https://cache.nixos.org"
+    assert conf["trusted-public-keys"].split() == [
+        "cache.example.org-1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU=",
+        "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+    ]
+    assert conf["max-jobs"] == "2" and conf["connect-timeout"] == "2"  # extra config, overriding the chart's 5
+    assert conf["build-users-group"] == "" and conf["sandbox"] == "false"
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    nix_conf_volume = volume_at(pod, env["NIX_CONF_DIR"])
+    assert nix_conf_volume["configMap"]["name"].endswith("-nix")
+    assert "checksum/nix-conf" in by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_the_store_is_mounted_at_nix_from_a_volume_of_its_own() -> None:
+    docs = render(ROOT / "tests" / "helm" / "full.yaml")
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    claim = volume_at(pod, "/nix")["persistentVolumeClaim"]["claimName"]
+    store = next(d for d in by_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == claim)
+    assert store["spec"]["resources"]["requests"]["storage"] == "40Gi" and store["spec"]["storageClassName"] == "fast"
+    assert claim != volume_at(pod, "/var/lib/nixgitops")["persistentVolumeClaim"]["claimName"]
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["fsGroup"] == 10001
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+
+
+def test_by_default_the_store_persists_and_the_public_cache_is_trusted() -> None:
+    docs = render(ROOT / "tests" / "helm" / "minimal.yaml")
+    conf = nix_conf(docs)
+    assert conf["substituters"] == "https://cache.nixos.org"
+    assert conf["trusted-public-keys"] == "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+    assert conf["connect-timeout"] == "5"
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    claim = volume_at(pod, "/nix")["persistentVolumeClaim"]["claimName"]
+    (store,) = (d for d in by_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == claim)
+    assert store["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert volume_at(pod, "/var/lib/nixgitops") == {"name": "data", "emptyDir": {}}
+
+
+def test_an_air_gapped_install_has_no_substituter_and_uses_the_claim_it_names() -> None:
+    docs = render(ROOT / "tests" / "helm" / "airgapped.yaml")
+    conf = nix_conf(docs)
+    assert conf["substituters"] == "" and conf["trusted-public-keys"] == ""
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert volume_at(pod, "/nix")["persistentVolumeClaim"] == {"claimName": "nixgitops-store"}
+    assert not by_kind(docs, "PersistentVolumeClaim")
+
+
+def test_without_store_persistence_the_store_is_an_empty_dir() -> None:
+    docs = render(ROOT / "tests" / "helm" / "minimal.yaml", "--set", "store.persistence.enabled=false")
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert volume_at(pod, "/nix") == {"name": "store", "emptyDir": {}}
+    assert not by_kind(docs, "PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
+def test_no_values_file_renders_the_dummy_store(values: Path) -> None:
+    docs = render(values)
+    assert "dummy://" not in yaml.safe_dump_all(docs)
+    env = {e["name"] for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "NIXGITOPS_NIX_STORE" not in env
+
+
 @pytest.mark.parametrize(
     ("setting", "needle"),
     [
@@ -106,6 +183,10 @@ def test_the_rendered_configuration_is_one_the_controller_accepts(tmp_path: Path
         ("deployments.web.allow_empty=maybe", "allow_empty"),
         ("receivers.x.kind=svn", "kind"),
         ("colour=blue", "colour"),
+        ("nix.substitutes={https://cache.example.org}", "substitutes"),
+        ("nix.substituters={https://a.example.org https://b.example.org}", "substituters"),
+        ("nix.trustedPublicKeys={nokey}", "trustedPublicKeys"),
+        ("store.persistence.size=big", "size"),
     ],
 )
 def test_wrong_values_fail_at_install_time(setting: str, needle: str) -> None:

@@ -2,8 +2,10 @@
 # type and inputs as JSON, one field at a time, so that a field reading outputs that are not known yet is
 # reported as unknown instead of failing the whole evaluation.
 #
-# Its only argument, argsFile, names a JSON file written by controller/evaluation.py:
+# Its argument argsFile names a JSON file written by controller/evaluation.py (entryValue, when given, is the
+# deployment itself: a flake's output, and `deployment` is not read):
 #   deployment  absolute path of the entry file (deployment.nix)
+#   system      the system providers run on, given to a deployment function that names `system`
 #   known       { "<dotted path>" = <outputs>; } for every resource whose outputs are final
 #   select      null, or a list of paths (each a list of names): evaluate only these resources
 #   taint       true: every string of a known output carries a string context naming its resource (a fake
@@ -25,11 +27,12 @@
 #   nixgitops:read Q      an output of Q was forced for the first time in this evaluation (known outputs)
 #   nixgitops:unknown Q   an unknown output of Q was read (a throw, so every reader re-triggers it)
 #   nixgitops:blocked F   the field F of the resource being evaluated failed ("*": its whole inputs)
-{ argsFile, knownOutputs ? null, knownDir ? null, called ? null, exposeCall ? false }:
+{ argsFile, knownOutputs ? null, knownDir ? null, called ? null, exposeCall ? false, entryValue ? null }:
 let
   args = builtins.fromJSON (builtins.readFile argsFile);
   known = if knownOutputs != null then knownOutputs else args.known;
-  entry = import args.deployment;
+  # a flake's output (see controller/flakes.py), or the entry file
+  entry = if entryValue != null then entryValue else import args.deployment;
 
   unknown = path:
     builtins.trace "nixgitops:unknown ${path}"
@@ -102,7 +105,9 @@ let
 
   call = outputsOf:
     let
-      result = if builtins.isFunction entry then entry { members = view outputsOf "" (result.members or { }); providers = providerTypes; } else entry;
+      # `system` (the system providers run on) only to a function that names it: pure evaluation has no currentSystem
+      extra = if args.system or null != null && builtins.functionArgs entry ? system then { inherit (args) system; } else { };
+      result = if builtins.isFunction entry then entry ({ members = view outputsOf "" (result.members or { }); providers = providerTypes; } // extra) else entry;
     in
     result;
 

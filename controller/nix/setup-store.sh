@@ -3,12 +3,13 @@
 #
 #   setup-store.sh [COMMAND [ARG...]]
 #
-# The image's entrypoint (`setup-store.sh nixgitops run ...`); tests/test_store_setup.py runs it as a non-root user,
-# builds a derivation into the store it makes and runs the result. Every start does the same, quickly: it creates
-# what is missing and deletes nothing, so a store on a volume survives restarts. It
+# The image's entrypoint (`nixgitops-setup-store nixgitops run ...`), run as the user that runs nixgitops;
+# tests/test_store_setup.py runs it as a non-root user, builds a derivation into the store it makes and runs the
+# result. Every start does the same, quickly: it creates what is missing and deletes nothing, so a store on a
+# volume survives restarts. It
 #
-#   1. creates $NIXGITOPS_NIX_ROOT/store, /var/nix and /var/log/nix, and fails with a clear message if they are not
-#      writable (a volume mounted without the pod's fsGroup, a store left by another user);
+#   1. creates the directories store, var/nix and var/log/nix in $NIXGITOPS_NIX_ROOT, and fails with a clear message
+#      if they are not writable (a volume mounted without the pod's fsGroup, a store left by another user);
 #   2. writes $NIX_CONF_DIR/nix.conf from the variables below, unless that file exists and cannot be written (a
 #      ConfigMap mounted there, as the chart does): then it is used as it is;
 #   3. opens the store once (`nix-store --init` creates its database the first time), so a store Nix cannot use
@@ -22,6 +23,7 @@
 #   NIXGITOPS_NIX_SUBSTITUTERS         binary caches, separated by spaces; unset or empty: none, nothing is downloaded
 #   NIXGITOPS_NIX_TRUSTED_PUBLIC_KEYS  the keys their paths must be signed with, separated by spaces
 #   NIXGITOPS_NIX_EXTRA_CONFIG         nix.conf lines appended as they are (a later line overrides an earlier one)
+# (NIX_CONFIG, if set, still applies on top of nix.conf, as for any Nix command.)
 #
 # nix.conf sets `build-users-group =` (empty: a single-user store, builds run as this user, no nixbld users, no
 # root, no daemon) and `sandbox = false` (the sandbox needs user and mount namespaces, which most pods do not
@@ -62,7 +64,10 @@ if [ -e "$conf" ] && [ ! -w "$conf" ]; then
     fi
     echo "$me: using the provided $conf" >&2
 else
-    mkdir -p "$conf_dir" 2>/dev/null || fail "cannot create $conf_dir (NIX_CONF_DIR) as uid $(id -u)."
+    if ! mkdir -p "$conf_dir" 2>/dev/null || [ ! -w "$conf_dir" ]; then
+        fail "cannot write nix.conf into $conf_dir (NIX_CONF_DIR) as uid $(id -u): make it writable by this user," \
+            "or provide a nix.conf there (the chart mounts one from a ConfigMap)."
+    fi
     {
         echo "# Written by $me at every start from NIXGITOPS_NIX_*: change those, not this file."
         echo "build-users-group ="
@@ -71,7 +76,7 @@ else
         echo "substituters = $(printf '%s' "$substituters" | tr '\n\t' '  ')"
         echo "trusted-public-keys = $(printf '%s' "$keys" | tr '\n\t' '  ')"
         if [ -n "$extra" ]; then printf '%s\n' "$extra"; fi
-    } >"$conf.tmp" 2>/dev/null || fail "cannot write $conf (NIX_CONF_DIR) as uid $(id -u)."
+    } >"$conf.tmp"
     mv -f "$conf.tmp" "$conf"
 fi
 
