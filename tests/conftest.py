@@ -15,6 +15,11 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference"  # ../shared/reference: nixpkgs-lib, flake-parts, NixOps4's provider
+
+# No binary cache: nothing here can reach one, and a build must never wait on it (each Nix command of the tests
+# and of the nixgitops they run inherits this; nix.conf and --option still add to it).
+os.environ.setdefault("NIX_CONFIG", "substituters =")
 NOTES_PROVIDER = ROOT / "tests" / "providers" / "notes.sh"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test",
