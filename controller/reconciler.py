@@ -343,8 +343,8 @@ class Reconciler:
             and not (self.journal.exists() and self.journal.stat().st_size > 0)
         ):
             # Restricted evaluation without allowed_paths depends only on the commit (the repository is all it
-            # can read), and planning on it and the state: both are what the last run settled, so its answer
-            # stands. A forced run, a drift check or an unsettled journal evaluates again.
+            # can read), and so does a flake's (pure, its inputs locked); planning depends on it and the state:
+            # both are what the last run settled, so its answer stands. A forced run, a drift check or an unsettled journal evaluates again.
             self._settled = settled
             record.outcome, record.message = "no-change", f"commit {head[:12]} is applied and nothing changed since"
             record.state_commit = self._local(self._state_ref)
@@ -437,7 +437,8 @@ class Reconciler:
         record.outcome, record.message = outcome, message
         if outcome in ("success", "no-change"):
             self._check_drift(record, extra, engine, planned.providers)
-            if d.evaluation.restrict and not d.evaluation.allowed_paths:  # else it may read what changes
+            pinned = d.evaluation.restrict and not d.evaluation.allowed_paths and not d.evaluation.nix_path
+            if pinned or d.flake is not None:  # else it may read what changes (a flake's inputs are locked)
                 self._settled = (head, self._local(self._state_ref))
 
     def _check_drift(self, record: Run, extra: dict[str, Any], engine: Engine, specs: Any) -> None:
