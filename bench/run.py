@@ -11,6 +11,8 @@ Scenarios (see docs/performance.md for the targets and what each floor is):
   4   push to applied: with a signed webhook, and with polling every second
   5   idle daemon watching 50 unchanged deployments; one poll of an unchanged remote with a long history
   6   peak resident memory of plan and apply
+  7   what builds cost: a no-change plan of a flake deployment of 1,000 resources, with and without a store path
+      (a derivation of its own) in every resource, against the same deployment.nix; and the apply that builds them
 """
 
 from __future__ import annotations
@@ -390,6 +392,58 @@ def idle(table: Table, tmp: Path, *, deployments: int, window: float) -> None:
     )
 
 
+def flake_deployment(n: int, out: Path, *, store_paths: bool, nonce: str) -> str:
+    """The deployment of ``deployment()`` as the flake output ``nixgitops``; with ``store_paths``, every resource's
+    contents name a derivation of its own (built by ``/bin/sh``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["{", "  outputs = { self }: {", "    nixgitops = { members, providers, system, ... }:", "    let"]
+    lines.append(
+        f'      tool = i: derivation {{ name = "bench-{nonce}-${{toString i}}"; inherit system; builder = "/bin/sh";'
+        ' args = [ "-c" "echo $name > $out" ]; };'
+    )
+    lines += ["    in {"]
+    for i in range(n):
+        contents = f'"v{i} ${{tool {i}}}"' if store_paths else f'"v{i}"'
+        lines.append(
+            f"      members.r{i} = {{ type = providers.local.file;"
+            f' inputs = {{ name = "{out}/r{i}"; contents = {contents}; }}; }};'
+        )
+    lines += ["    };", "  };", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def builds(table: Table, tmp: Path, *, n: int) -> None:
+    """Scenario 7: a flake's evaluation and the store paths' cost, plan with no change and apply."""
+    nonce = hashlib.sha256(str(time.time()).encode()).hexdigest()[:8]  # builds for real, not from an earlier run
+    env = {**os.environ, "NIX_CONFIG": "substituters ="}
+    plain = tmp / "builds-plain"
+    git_repo(plain, {"deployment.nix": deployment(n, "independent", tmp / "out-builds-plain")})
+    timed([*NIXGITOPS, "apply", "--yes", "-q"], plain, env)
+    base = median_of(5, lambda: timed([*NIXGITOPS, "plan"], plain, env).seconds)
+    label = f"{n:,}"
+    table.add(Row("7 plan, no change: deployment.nix", label, f"{base:.3f} s"))
+    for store_paths in (False, True):
+        repo = tmp / f"builds-flake-{store_paths}"
+        text = flake_deployment(n, tmp / f"out-builds-{store_paths}", store_paths=store_paths, nonce=nonce)
+        git_repo(repo, {"flake.nix": text})
+        applied = timed([*NIXGITOPS, "apply", "--yes", "-q", "--flake"], repo, env)
+        plan = median_of(5, lambda: timed([*NIXGITOPS, "plan", "--flake"], repo, env).seconds)  # noqa: B023
+        what = "a store path in each" if store_paths else "no store path"
+        table.add(
+            Row(f"7 plan, no change: flake, {what}", label, f"{plan:.3f} s", f"{base:.3f} s", f"{plan / base:.2f}")
+        )
+        floor = "-"
+        if store_paths:  # the same builds, by Nix alone
+            fresh = hashlib.sha256(nonce.encode()).hexdigest()[:8]
+            expression = (
+                f'builtins.genList (i: derivation {{ name = "bench-{fresh}-${{toString i}}";'
+                ' system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo $name > $out" ]; })'
+                f" {n}"
+            )
+            floor = f"{timed(['nix-build', '--no-out-link', '-E', expression], repo, env).seconds:.2f} s (nix-build)"
+        table.add(Row(f"7 apply, all create: flake, {what}", label, f"{applied.seconds:.2f} s", floor))
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system time of a process and of the children it has waited for."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -407,7 +461,7 @@ def status_kb(pid: int, key: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,1000,10000")
-    parser.add_argument("--only", default="1a,1b,2,3,4,5,6")
+    parser.add_argument("--only", default="1a,1b,2,3,4,5,6,7")
     parser.add_argument("--markdown", type=Path, help="also write the table here, as Markdown")
     parser.add_argument("--idle-window", type=float, default=60.0, help="seconds of idle measured (scenario 5)")
     args = parser.parse_args()
@@ -430,6 +484,8 @@ def main() -> int:
             push_to_applied(table, Path(tmp), webhook_pushes=100, polling_pushes=10)
         if "5" in only:
             idle(table, Path(tmp), deployments=50, window=args.idle_window)
+        if "7" in only:
+            builds(table, Path(tmp), n=1000)
     print(f"\nmachine: {machine}; whole run {time.monotonic() - started:.0f} s\n")
     print(table.markdown())
     if args.markdown:

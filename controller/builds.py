@@ -11,6 +11,7 @@ garbage-collector root at once, in the deployment's roots directory; once the ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -39,6 +40,30 @@ def derivation_of(need: str) -> str | None:
     return path if path.endswith(".drv") else None
 
 
+_OUTPUT = re.compile(rb'\("([^"]*)","(/[^"]*)"')
+
+
+def output_paths(need: str) -> tuple[str, ...] | None:
+    """The store paths ``need`` stands for, read from its ``.drv`` (Nix's ATerm: ``Derive([("out","/nix/store/..",
+    ..), ..], ..)``); a source path is itself; None when the ``.drv`` is not in the store."""
+    drv, _, output = need.partition("!")
+    if not drv.endswith(".drv"):
+        return (need,)
+    try:
+        with open(drv, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    if not head.startswith(b"Derive(["):
+        return None
+    outputs = {}
+    for match in _OUTPUT.finditer(head[: head.find(b")],") + 1]):
+        outputs[match.group(1).decode()] = match.group(2).decode()
+    if output:
+        return (outputs[output],) if output in outputs else None
+    return tuple(outputs.values()) or None
+
+
 def missing_derivations(needs: Iterable[str]) -> set[str]:
     """The derivations among ``needs`` whose ``.drv`` file is not in the store yet: a read-only evaluation
     computed their paths without writing them, so a writable evaluation must run before they can be built."""
@@ -65,6 +90,12 @@ class Builder:
         key = frozenset(needs)
         if not key:
             return ()
+        known = [output_paths(n) for n in sorted(key)]
+        if all(p is not None and all(os.path.exists(q) for q in p) for p in known):  # valid already: no Nix call
+            paths = tuple(dict.fromkeys(q for p in known if p is not None for q in p))
+            with self._lock:
+                self.realised.update(paths)
+            return paths
         with self._lock:
             future = self._builds.get(key)
             mine = future is None
@@ -88,6 +119,27 @@ class Builder:
             self.realised.update(paths)
         future.set_result(paths)
         return paths
+
+    def prefetch(self, needs: Iterable[str]) -> None:
+        """Build ``needs`` at once, in one Nix command that keeps going past failures (Nix runs the builds in
+        parallel, as ``max-jobs`` allows): each resource's ``realise`` then finds its paths valid. A failure is not
+        reported here: the resource that needs the path builds it again, and fails with Nix's message."""
+        wanted = sorted({n for n in needs if not _valid(n)})
+        if not wanted:
+            return
+        with self._lock:
+            self._counter += 1
+            link = self.roots.directory / f"{self._token}-{self._counter}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        limit = ["--option", "timeout", str(max(1, round(self.settings.build_timeout)))]
+        argv = [NIX_STORE, *common_options(self.settings), *limit, "--realise", "--keep-going", *wanted]
+        log = self.log
+        with contextlib.suppress(CommandFailed):  # each resource builds what it needs, and reports what fails
+            run_logged(
+                [*argv, "--add-root", str(link)],
+                timeout=self.settings.build_timeout + 30,
+                on_line=None if log is None else (lambda line: log(f"[build] {line}")),
+            )
 
     def _realise(self, needs: list[str], link: Path, what: str) -> tuple[str, ...]:
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +173,11 @@ class Builder:
         return tuple(dict.fromkeys(paths))
 
 
+def _valid(need: str) -> bool:
+    paths = output_paths(need)
+    return paths is not None and all(os.path.exists(p) for p in paths)
+
+
 class GcRoots:
     """The garbage-collector roots of one deployment: indirect roots (symlinks that Nix registers) in one
     directory. A run adds the roots of what it realises as it goes; after its state is committed, ``keep`` drops
@@ -144,15 +201,15 @@ class GcRoots:
                 else:
                     link.unlink(missing_ok=True)
         new = sorted(p for p in wanted - have if os.path.exists(p))
-        if new:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        for path in new:  # one command each: given several paths, Nix would name the roots itself
-            link = self.directory / os.path.basename(path)
-            argv = [NIX_STORE, *common_options(self.settings), "--realise", path, "--add-root", str(link)]
-            try:
-                done = run(argv, check=False, timeout=60)
-                problem = done.stderr.strip()[-300:] if done.returncode != 0 else ""
-            except CommandFailed as exc:
-                problem = str(exc)
-            if problem and self.log is not None:
-                self.log(f"could not register a garbage-collector root for {path}: {problem}")
+        if not new:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        link = self.directory / f"kept-{secrets.token_hex(4)}"  # Nix names the others <link>-2, <link>-3, ...
+        argv = [NIX_STORE, *common_options(self.settings), "--realise", *new, "--add-root", str(link)]
+        try:
+            done = run(argv, check=False, timeout=300)
+            problem = done.stderr.strip()[-300:] if done.returncode != 0 else ""
+        except CommandFailed as exc:
+            problem = str(exc)
+        if problem and self.log is not None:
+            self.log(f"could not register garbage-collector roots for {len(new)} store path(s): {problem}")

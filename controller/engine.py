@@ -36,6 +36,8 @@ from controller.state_branch import (
     source_commit,
 )
 
+_MOVING = frozenset((Action.CREATE, Action.UPDATE, Action.REPLACE))
+
 
 class Evaluator(Protocol):
     def evaluate(self, known: Mapping[str, Mapping[str, Any]], *, select: set[str] | None = None) -> Evaluation: ...
@@ -392,7 +394,7 @@ class Engine:
     def _instantiate(self, planned: Planned) -> None:
         """Write to the store the derivations the plan's resources and providers refer to: the plan's evaluation
         computed their paths without writing them (see ``builds.missing_derivations``). One pass for all."""
-        moving = {c.path for c in planned.plan.changes if c.action in {Action.CREATE, Action.UPDATE, Action.REPLACE}}
+        moving = {c.path for c in planned.plan.changes if c.action in _MOVING}
         select = {p for p in moving if planned.desired[p].ready and missing_derivations(planned.desired[p].needs)}
         needed = {n for spec in planned.providers.values() for n in spec.needs}
         if not select and not missing_derivations(needed):
@@ -421,9 +423,12 @@ class Engine:
             journal=journal,
             base_rank=1 + max((s.rank for s in planned.state.values()), default=0),
         )
-        executor.prepare = self._prepare(
-            Builder(self.settings.nix, self.roots, log=self.log), planned.providers, executor
-        )
+        builder = Builder(self.settings.nix, self.roots, log=self.log)
+        if builds and planned.plan.changes:  # what is known now, in one Nix command: Nix builds it in parallel
+            moving = {c.path for c in planned.plan.changes if c.action in _MOVING}
+            needs = {n for p in moving if planned.desired[p].ready for n in planned.desired[p].needs}
+            builder.prefetch(needs | {n for spec in planned.providers.values() for n in spec.needs})
+        executor.prepare = self._prepare(builder, planned.providers, executor)
         try:
             with executor.providers, self.evaluator.session(writable=builds):
                 executor.run(planned.plan, planned.desired, planned.dependencies, planned.state, planned.refresh)

@@ -344,7 +344,8 @@ class Reconciler:
         ):
             # Restricted evaluation without allowed_paths depends only on the commit (the repository is all it
             # can read), and so does a flake's (pure, its inputs locked); planning depends on it and the state:
-            # both are what the last run settled, so its answer stands. A forced run, a drift check or an unsettled journal evaluates again.
+            # both are what the last run settled, so its answer stands. A forced run, a drift check or an
+            # unsettled journal evaluates again.
             self._settled = settled
             record.outcome, record.message = "no-change", f"commit {head[:12]} is applied and nothing changed since"
             record.state_commit = self._local(self._state_ref)
