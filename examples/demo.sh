@@ -25,7 +25,7 @@ git_ add deployment.nix && git_ commit -qm "Add the example deployment" && git_ 
 git log --oneline
 
 step "What it would do: nixgitops plan (in the clone)"
-"$nixgitops" plan
+"$nixgitops" plan --option substituters ""   # no binary cache: the demo builds the little it needs
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$work/nixgitops.toml" <<TOML
@@ -39,6 +39,7 @@ listen = "127.0.0.1:$port"
 repository = "$work/remote.git"
 branch = "main"
 interval = "1s"
+nix_options = { substituters = "" }
 TOML
 step "The controller's configuration"
 cat "$work/nixgitops.toml"
@@ -51,6 +52,10 @@ first=$(git rev-parse HEAD)
 wait_applied "$first"
 "$nixgitops" status --config "$work/nixgitops.toml"
 echo "--- $work/data/work/hello/motd.txt:"; cat "$work/data/work/hello/motd.txt"
+echo "--- the Nix-built banner's output, from the state branch:"
+git_ fetch -q origin nixgitops/state:nixgitops/state
+"$nixgitops" state show banner --deployment hello | grep -E '"(stdout|executable)"|/nix/store/'
+git_ branch -q -D nixgitops/state
 
 step "A second commit, pushed"
 sed -i 's/Hello from nixgitops/Hello again, from nixgitops/' deployment.nix

@@ -1,7 +1,26 @@
 # The bundled example: a few local resources that read each other's outputs.
 # Try it with `make demo`, or in a Git checkout of this directory with `nixgitops plan` / `nixgitops apply`.
 { members, providers, ... }:
+let
+  # A program built by Nix from this file: nixgitops builds it (nix-store --realise) before the resource that runs
+  # it, and keeps it alive with a garbage-collector root while the state refers to it.
+  banner = derivation {
+    name = "banner";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" ''echo '#!/bin/sh' > $out; echo 'echo "== $* =="' >> $out; /bin/chmod +x $out'' ];
+  };
+in
 {
+  # Runs the program above: its input is a store path, built before the request goes to the provider.
+  members.banner = {
+    type = providers.local.exec;
+    inputs = {
+      executable = "${banner}";
+      args = [ "built by Nix" ];
+    };
+  };
+
   # Runs `echo` once; its `stdout` output is known after apply.
   members.greeting = {
     type = providers.local.exec;
