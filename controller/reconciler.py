@@ -59,6 +59,8 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     state_commit: str | None = None
+    build_log: list[str] = field(default_factory=list)
+    """The last BUILD_LOG_LINES lines Nix printed building what the run needed (kept with the run)."""
 
     @property
     def ok(self) -> bool:
@@ -67,6 +69,9 @@ class Run:
     @property
     def retry(self) -> bool:
         return self.outcome in RETRY
+
+
+BUILD_LOG_LINES = 200
 
 
 def _now() -> str:
@@ -219,6 +224,19 @@ class Reconciler:
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
         os.replace(tmp, self.status_path)
+
+    def _keeping_builds(self, record: Run) -> Callable[[str], None]:
+        """The engine's log: every line goes to the controller's log; build lines are also kept with ``record``."""
+        kept = record.build_log
+
+        def log(line: str) -> None:
+            if line.startswith("[build] "):
+                kept.append(line.removeprefix("[build] "))
+                del kept[:-BUILD_LOG_LINES]
+            if self.log is not None:
+                self.log(line)
+
+        return log
 
     def resources(self) -> list[dict[str, Any]]:
         """The resources on the local copy of the state branch, as JSON records."""
@@ -375,7 +393,7 @@ class Reconciler:
             source_commit=head,
             journal=self.journal,
             workdir=self.workdir,
-            log=self.log,
+            log=self._keeping_builds(record),
             source_root=checkout,
             roots=self.config.data_dir / "gcroots" / d.name,
         )
