@@ -11,7 +11,6 @@ garbage-collector root at once, in the deployment's roots directory; once the ru
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -27,7 +26,16 @@ from controller.processes import CommandFailed, run, run_logged
 
 Log = Callable[[str], None]
 NIX_STORE = "nix-store"
-_FAILED_DRV = re.compile(r"(?:builder for|build of) '([^']+\.drv)'")
+_FAILED_DRV = re.compile(  # how Nix 2.8 names a derivation that failed: its builder, its time limit, its inputs
+    r"builder for '([^']+\.drv)' failed"
+    r"|building of '([^'!]+\.drv)[^']*' .*timed out"
+    r"|cannot build derivation '([^']+\.drv)'"
+)
+
+
+def failed_derivations(text: str) -> set[str]:
+    """The derivations Nix's output says failed."""
+    return {next(g for g in m.groups() if g) for m in _FAILED_DRV.finditer(text)}
 
 
 class BuildError(NixgitopsError):
@@ -81,6 +89,7 @@ class Builder:
         self._builds: dict[frozenset[str], Future[tuple[str, ...]]] = {}
         self._token = secrets.token_hex(4)  # the run's roots, next to those of other runs and of the state
         self._counter = 0
+        self._failed: dict[str, str] = {}  # derivation -> the end of the log of the prefetch in which it failed
         self.realised: set[str] = set()
         """Every store path realised in this run."""
 
@@ -90,6 +99,9 @@ class Builder:
         key = frozenset(needs)
         if not key:
             return ()
+        failed = sorted({d for n in key if (d := derivation_of(n)) in self._failed})
+        if failed:  # the prefetch built it and failed: not again
+            raise BuildError(self._failure(failed, what, self._failed[failed[0]]))
         known = [output_paths(n) for n in sorted(key)]
         if all(p is not None and all(os.path.exists(q) for q in p) for p in known):  # valid already: no Nix call
             paths = tuple(dict.fromkeys(q for p in known if p is not None for q in p))
@@ -134,12 +146,26 @@ class Builder:
         limit = ["--option", "timeout", str(max(1, round(self.settings.build_timeout)))]
         argv = [NIX_STORE, *common_options(self.settings), *limit, "--realise", "--keep-going", *wanted]
         log = self.log
-        with contextlib.suppress(CommandFailed):  # each resource builds what it needs, and reports what fails
-            run_logged(
+        try:
+            done = run_logged(
                 [*argv, "--add-root", str(link)],
                 timeout=self.settings.build_timeout + 30,
                 on_line=None if log is None else (lambda line: log(f"[build] {line}")),
             )
+        except CommandFailed:
+            return  # each resource builds what it needs, and reports what fails
+        if done.returncode != 0:
+            tail = _tail(done.stderr)
+            for drv in failed_derivations(done.stderr):
+                self._failed[drv] = tail
+
+    def _failure(self, failed: list[str], what: str, tail: str) -> str:
+        timeout = f"\n(build_timeout is {self.settings.build_timeout:g} s)" if "timed out after" in tail else ""
+        return (
+            f"Building {', '.join(failed)} for {what} failed (`nix-store --read-log DRV` shows its whole log):\n"
+            + tail
+            + timeout
+        )
 
     def _realise(self, needs: list[str], link: Path, what: str) -> tuple[str, ...]:
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -157,14 +183,8 @@ class Builder:
                 ) from None
             raise BuildError(f"Cannot run {NIX_STORE} to build what {what} needs: {exc}") from None
         if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            if "timed out after" in done.stderr:
-                lines.append(f"(build_timeout is {self.settings.build_timeout:g} s)")
-            failed = sorted(set(_FAILED_DRV.findall(done.stderr))) or [n.split("!", 1)[0] for n in needs]
-            raise BuildError(
-                f"Building {', '.join(failed)} for {what} failed (`nix-store --read-log DRV` shows its whole"
-                " log):\n" + "\n".join(lines[-30:])
-            )
+            failed = sorted(failed_derivations(done.stderr)) or [n.split("!", 1)[0] for n in needs]
+            raise BuildError(self._failure(failed, what, _tail(done.stderr)))
         paths = []
         for line in done.stdout.splitlines():
             line = line.strip()
@@ -176,6 +196,10 @@ class Builder:
 def _valid(need: str) -> bool:
     paths = output_paths(need)
     return paths is not None and all(os.path.exists(p) for p in paths)
+
+
+def _tail(text: str) -> str:
+    return "\n".join([line for line in text.splitlines() if line.strip()][-30:])
 
 
 class GcRoots:

@@ -643,6 +643,8 @@ def _suggest(name: str, known: Iterable[str]) -> str:
 
 def _hint(text: str) -> str:
     """What to do about an error of restricted or pure evaluation, when that is what Nix reported."""
+    if "cannot update flake input" in text or "requires lock file changes" in text:
+        return "\nThe flake's flake.lock is missing or out of date: run `nix flake lock` and commit flake.lock."
     if "in pure eval mode" in text or "currentSystem" in text:
         return (
             "\nA flake is evaluated purely: it reads only its own files and the inputs its flake.lock pins, and"

@@ -79,8 +79,7 @@ def lock(flake: Flake, settings: NixSettings, *, timeout: float) -> str:
         "flake",
         "metadata",
         "--json",
-        "--no-update-lock-file",
-        "--no-write-lock-file",
+        "--no-update-lock-file",  # a lock file that is missing or out of date: an error, nothing written
         "--no-registries",
         flake.ref,
     ]
@@ -90,13 +89,16 @@ def lock(flake: Flake, settings: NixSettings, *, timeout: float) -> str:
         raise EvaluationError(f"Cannot read the flake {where}: {exc}") from None
     if done.returncode != 0:
         text = done.stderr.strip()
-        if "requires lock file changes" in text or "lock file changes" in text:
+        if "requires lock file changes" in text:
             raise DeploymentError(
                 f"The flake {where} has no flake.lock, or its flake.lock does not match the inputs of flake.nix."
                 " nixgitops evaluates a flake only with the inputs its flake.lock pins, and never writes or updates"
                 f" flake.lock itself: run `nix flake lock` in {where}, and commit flake.lock."
             )
-        raise EvaluationError(f"Nix cannot read the flake {where}:\n{_tail(text)}")
+        raise EvaluationError(
+            f"Nix cannot read the flake {where}:\n{_tail(text)}\n(If you changed the inputs of flake.nix, run `nix"
+            " flake lock` and commit flake.lock: nixgitops never updates it.)"
+        )
     metadata = json.loads(done.stdout)
     url = str(metadata.get("url") or "")
     if "rev=" in url or "narHash=" in url:
