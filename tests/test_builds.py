@@ -141,6 +141,7 @@ def test_a_failed_build_fails_its_resource_and_skips_its_readers_only(checkout: 
     assert_clean_error(
         done, "Building /nix/store/", f"-broken-{nonce}.drv for resource 'tool' failed", "no such header"
     )
+    assert done.stderr.count("[build] building '/nix/store/") == 1  # once, though the run needs it twice
     assert "reader: skipped: it reads outputs of tool, which failed" in done.stdout
     state = checkout.state()
     assert set(state) == {"sibling"}  # nothing else lost
