@@ -4,9 +4,9 @@ A resource's inputs and a provider's executable refer to store paths through Nix
 (``DesiredResource.needs``, ``ProviderSpec.needs``): ``<drv>!<output>`` for a derivation's output, a ``.drv`` for
 all of its outputs, or a source path. Before the provider starts or the request goes out, ``Builder.realise``
 runs ``nix-store --realise`` on them: each set of paths once per run (callers that need paths being built wait
-for that build), within a time limit, with Nix's log forwarded line by line. Every realised path gets an indirect
-garbage-collector root at once, in the deployment's roots directory; once the run's state is committed,
-``GcRoots.keep`` keeps exactly the roots of what the state refers to.
+for that build), each build within a time limit, with Nix's log forwarded line by line. Every realised path gets
+an indirect garbage-collector root at once, in the deployment's roots directory; once the run's state is
+committed, ``GcRoots.keep`` keeps exactly the roots of what the state refers to.
 """
 
 from __future__ import annotations
@@ -48,34 +48,18 @@ def derivation_of(need: str) -> str | None:
     return path if path.endswith(".drv") else None
 
 
-_OUTPUT = re.compile(rb'\("([^"]*)","(/[^"]*)"')
-
-
-def output_paths(need: str) -> tuple[str, ...] | None:
-    """The store paths ``need`` stands for, read from its ``.drv`` (Nix's ATerm: ``Derive([("out","/nix/store/..",
-    ..), ..], ..)``); a source path is itself; None when the ``.drv`` is not in the store."""
-    drv, _, output = need.partition("!")
-    if not drv.endswith(".drv"):
-        return (need,)
-    try:
-        with open(drv, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return None
-    if not head.startswith(b"Derive(["):
-        return None
-    outputs = {}
-    for match in _OUTPUT.finditer(head[: head.find(b")],") + 1]):
-        outputs[match.group(1).decode()] = match.group(2).decode()
-    if output:
-        return (outputs[output],) if output in outputs else None
-    return tuple(outputs.values()) or None
-
-
-def missing_derivations(needs: Iterable[str]) -> set[str]:
-    """The derivations among ``needs`` whose ``.drv`` file is not in the store yet: a read-only evaluation
+def missing(needs: Iterable[str]) -> set[str]:
+    """The ``.drv`` files and sources among ``needs`` that are not in the store yet: a read-only evaluation
     computed their paths without writing them, so a writable evaluation must run before they can be built."""
-    return {d for n in needs if (d := derivation_of(n)) is not None and not os.path.exists(d)}
+    return {path for n in needs if not os.path.exists(path := n.split("!", 1)[0])}
+
+
+class _Failed(Exception):
+    """A realisation failed; each caller that waited for it says so in its own words (``text``)."""
+
+    def __init__(self, failed: list[str], tail: str, why: str = "failed") -> None:
+        super().__init__(why)
+        self.failed, self.tail, self.why = failed, tail, why
 
 
 class Builder:
@@ -94,32 +78,31 @@ class Builder:
         """Every store path realised in this run."""
 
     def realise(self, needs: Iterable[str], *, what: str) -> tuple[str, ...]:
-        """The store paths ``needs`` stand for, built or substituted if they are not valid yet; ``what`` names
-        who needs them in errors and logs (``resource 'web'``). Raises ``BuildError``."""
+        """The store paths ``needs`` stand for, built or substituted if they are not valid yet, and rooted; ``what``
+        names who needs them in errors (``resource 'web'``). Raises ``BuildError``."""
         key = frozenset(needs)
         if not key:
             return ()
-        failed = sorted({d for n in key if (d := derivation_of(n)) in self._failed})
-        if failed:  # the prefetch built it and failed: not again
-            raise BuildError(self._failure(failed, what, self._failed[failed[0]]))
-        known = [output_paths(n) for n in sorted(key)]
-        if all(p is not None and all(os.path.exists(q) for q in p) for p in known):  # valid already: no Nix call
-            paths = tuple(dict.fromkeys(q for p in known if p is not None for q in p))
-            with self._lock:
-                self.realised.update(paths)
-            return paths
+        try:
+            return self._once(key)
+        except _Failed as exc:
+            raise BuildError(self._failure(exc, what)) from None
+
+    def _once(self, key: frozenset[str]) -> tuple[str, ...]:
+        failed = sorted({n.split("!", 1)[0] for n in key} & self._failed.keys())
+        if failed:  # the prefetch built it and it failed: not again
+            raise _Failed(failed, self._failed[failed[0]])
         with self._lock:
             future = self._builds.get(key)
             mine = future is None
             if future is None:
                 future = self._builds[key] = Future()
-                self._counter += 1
-                link = self.roots.directory / f"{self._token}-{self._counter}"
+                link = self._link()
         if not mine:
             return future.result()
         try:
-            paths = self._realise(sorted(key), link, what)
-        except BuildError as exc:
+            paths = self._realise(sorted(key), link)
+        except _Failed as exc:
             future.set_exception(exc)
             raise
         except BaseException as exc:  # interrupted: another caller may build it again
@@ -132,24 +115,36 @@ class Builder:
         future.set_result(paths)
         return paths
 
+    def _link(self) -> Path:
+        """A new name for the roots of one Nix command (Nix names the others ``<link>-2``, ...)."""
+        self._counter += 1
+        return self.roots.directory / f"{self._token}-{self._counter}"
+
+    def _command(self, needs: list[str], link: Path, *, keep_going: bool = False) -> list[str]:
+        limit = ["--option", "timeout", str(max(1, round(self.settings.build_timeout)))]  # Nix stops a builder
+        going = ["--keep-going"] if keep_going else []
+        return [NIX_STORE, *common_options(self.settings), *limit, "--realise", *going, *needs, "--add-root", str(link)]
+
+    def _deadline(self, needs: list[str]) -> float:
+        """How long one Nix command may take in all: Nix stops each build at build_timeout; this only stops a
+        command that hangs outside any build."""
+        return self.settings.build_timeout * max(1, sum(1 for n in needs if ".drv" in n)) + 60
+
     def prefetch(self, needs: Iterable[str]) -> None:
         """Build ``needs`` at once, in one Nix command that keeps going past failures (Nix runs the builds in
-        parallel, as ``max-jobs`` allows): each resource's ``realise`` then finds its paths valid. A failure is not
-        reported here: the resource that needs the path builds it again, and fails with Nix's message."""
-        wanted = sorted({n for n in needs if not _valid(n)})
+        parallel, as ``max-jobs`` allows); each resource's ``realise`` then finds them valid (a quick Nix call that
+        also roots them). A derivation that failed here fails its resources without being built again."""
+        wanted = sorted(set(needs))
         if not wanted:
             return
+        self.roots.directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            self._counter += 1
-            link = self.roots.directory / f"{self._token}-{self._counter}"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        limit = ["--option", "timeout", str(max(1, round(self.settings.build_timeout)))]
-        argv = [NIX_STORE, *common_options(self.settings), *limit, "--realise", "--keep-going", *wanted]
+            link = self._link()
         log = self.log
         try:
             done = run_logged(
-                [*argv, "--add-root", str(link)],
-                timeout=self.settings.build_timeout + 30,
+                self._command(wanted, link, keep_going=True),
+                timeout=self._deadline(wanted),
                 on_line=None if log is None else (lambda line: log(f"[build] {line}")),
             )
         except CommandFailed:
@@ -159,43 +154,41 @@ class Builder:
             for drv in failed_derivations(done.stderr):
                 self._failed[drv] = tail
 
-    def _failure(self, failed: list[str], what: str, tail: str) -> str:
-        timeout = f"\n(build_timeout is {self.settings.build_timeout:g} s)" if "timed out after" in tail else ""
+    def _failure(self, failed: _Failed, what: str) -> str:
+        notes = ""
+        if "timed out after" in failed.tail:
+            notes += f"\n(build_timeout is {self.settings.build_timeout:g} s)"
+        if "Permission denied" in failed.tail or "read-only file system" in failed.tail.lower():
+            notes += '\nBuilding needs a Nix store this user can write to (docs/install.md, "The Nix store").'
+        if failed.why != "failed":
+            return f"Building what {what} needs {failed.why}" + notes
         return (
-            f"Building {', '.join(failed)} for {what} failed (`nix-store --read-log DRV` shows its whole log):\n"
-            + tail
-            + timeout
+            f"Building {', '.join(failed.failed)} for {what} failed (`nix-store --read-log DRV` shows its whole"
+            " log):\n" + failed.tail + notes
         )
 
-    def _realise(self, needs: list[str], link: Path, what: str) -> tuple[str, ...]:
+    def _realise(self, needs: list[str], link: Path) -> tuple[str, ...]:
         link.parent.mkdir(parents=True, exist_ok=True)
-        limit = ["--option", "timeout", str(max(1, round(self.settings.build_timeout)))]  # Nix stops the builder
-        argv = [NIX_STORE, *common_options(self.settings), *limit, "--realise", *needs, "--add-root", str(link)]
         log = self.log
         on_line = None if log is None else (lambda line: log(f"[build] {line}"))
+        deadline = self._deadline(needs)
         try:
-            done = run_logged(argv, timeout=self.settings.build_timeout + 30, on_line=on_line)
+            done = run_logged(self._command(needs, link), timeout=deadline, on_line=on_line)
         except CommandFailed as exc:
-            if exc.returncode is None:
-                raise BuildError(
-                    f"Building what {what} needs did not finish within {self.settings.build_timeout:g} s"
-                    f" (build_timeout) and was stopped: {', '.join(needs)}."
-                ) from None
-            raise BuildError(f"Cannot run {NIX_STORE} to build what {what} needs: {exc}") from None
+            if "could not start" in str(exc):
+                why = f"cannot run: {NIX_STORE} could not start. Install Nix (on Debian: apt-get install nix-bin)."
+                raise _Failed([], "", why) from None
+            why = f"did not finish within {deadline:g} s and was stopped: {', '.join(needs)}."
+            raise _Failed([], exc.stderr, why) from None
         if done.returncode != 0:
             failed = sorted(failed_derivations(done.stderr)) or [n.split("!", 1)[0] for n in needs]
-            raise BuildError(self._failure(failed, what, _tail(done.stderr)))
+            raise _Failed(failed, _tail(done.stderr))
         paths = []
         for line in done.stdout.splitlines():
             line = line.strip()
             if line:
                 paths.append(os.readlink(line) if os.path.islink(line) else line)
         return tuple(dict.fromkeys(paths))
-
-
-def _valid(need: str) -> bool:
-    paths = output_paths(need)
-    return paths is not None and all(os.path.exists(p) for p in paths)
 
 
 def _tail(text: str) -> str:

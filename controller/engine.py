@@ -8,6 +8,7 @@ change is planned in a single pass. ``Engine`` adds the repository, the state br
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ import pygit2
 
 from controller import failpoints, flakes, planning
 from controller.apply import Event, Executor, Outcome, now
-from controller.builds import Builder, GcRoots, missing_derivations
+from controller.builds import Builder, GcRoots, missing
 from controller.errors import DeploymentError, NixgitopsError
 from controller.evaluation import Evaluation, NixEvaluator
 from controller.graph import closure, describe_cycle, find_cycle, invert
@@ -375,29 +376,45 @@ class Engine:
     ) -> Callable[[str, DesiredResource | None], tuple[str, ...]]:
         """What the executor calls before a provider call: build what the provider and the resource refer to."""
 
+        lock = threading.Lock()  # one writable pass at a time (operations run in parallel)
+
         def prepare(provider: str, desired: DesiredResource | None) -> tuple[str, ...]:
             spec = providers.get(provider)
             paths: tuple[str, ...] = ()
             if spec is not None and spec.needs:
-                if missing_derivations(spec.needs):
-                    self.evaluator.evaluate({}, select=set(), writable=True)
+                with lock:
+                    if missing(spec.needs):
+                        self.evaluator.evaluate({}, select=set(), writable=True)
                 paths += builder.realise(spec.needs, what=f"provider {provider!r}")
             if desired is not None and desired.needs:
-                if missing_derivations(desired.needs):  # it became ready in a pass that wrote no derivation
-                    known = {p: s.outputs for p, s in dict(executor.state).items()}
-                    self.evaluator.evaluate(known, select={desired.path}, writable=True)
+                with lock:
+                    if missing(desired.needs):  # it became ready in a pass that wrote no derivation
+                        known = {p: s.outputs for p, s in dict(executor.state).items()}
+                        self.evaluator.evaluate(known, select={desired.path}, writable=True)
                 paths += builder.realise(desired.needs, what=f"resource {desired.path!r}")
             return paths
 
         return prepare
 
+    def build_providers(self, providers: Mapping[str, ProviderSpec]) -> None:
+        """Build what ``providers`` refer to, outside an apply (a drift check starts them). Raises
+        ``BuildError`` or ``EvaluationError``."""
+        needed = {n for spec in providers.values() for n in spec.needs}
+        if not needed:
+            return
+        if missing(needed):
+            self.evaluator.evaluate({}, select=set(), writable=True)
+        builder = Builder(self.settings.nix, self.roots, log=self.log)
+        for name, spec in sorted(providers.items()):
+            builder.realise(spec.needs, what=f"provider {name!r}")
+
     def _instantiate(self, planned: Planned) -> None:
         """Write to the store the derivations the plan's resources and providers refer to: the plan's evaluation
-        computed their paths without writing them (see ``builds.missing_derivations``). One pass for all."""
+        computed their paths without writing them (see ``builds.missing``). One pass for all."""
         moving = {c.path for c in planned.plan.changes if c.action in _MOVING}
-        select = {p for p in moving if planned.desired[p].ready and missing_derivations(planned.desired[p].needs)}
+        select = {p for p in moving if planned.desired[p].ready and missing(planned.desired[p].needs)}
         needed = {n for spec in planned.providers.values() for n in spec.needs}
-        if not select and not missing_derivations(needed):
+        if not select and not missing(needed):
             return
         known = {p: s.outputs for p, s in planned.state.items() if p not in moving}
         self.evaluator.evaluate(known, select=select, writable=True)

@@ -18,6 +18,7 @@ import re
 import resource
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources as importlib_resources
@@ -222,6 +223,7 @@ class NixEvaluator:
         self._persistent = False  # within session(): selective passes go to one `nix repl` ...
         self._repl: NixRepl | None = None  # ... started at the first of them
         self._writable = False  # within session(writable=True): the repl writes derivations to the store
+        self._evaluating = threading.Lock()
         self.taint = True  # string context as taint in nix-instantiate passes, until the deployment refuses it
 
     @contextlib.contextmanager
@@ -265,6 +267,12 @@ class NixEvaluator:
         resource comes with the resources its inputs read (``DesiredResource.reads``) and the store paths they
         refer to (``DesiredResource.needs``). A ``writable`` pass writes the derivations it evaluates to the store
         (to be built); others only compute their paths."""
+        with self._evaluating:  # one pass at a time: apply's operations may ask for a writable pass
+            return self._evaluate(known, select, writable)
+
+    def _evaluate(
+        self, known: Mapping[str, Mapping[str, Any]], select: Iterable[str] | None, writable: bool
+    ) -> Evaluation:
         if self.flake is None and not self.entry_file.is_file():
             raise EvaluationError(
                 f"The deployment entry file {self.entry_file} does not exist. Create it, or point --dir/--file at it."
@@ -323,15 +331,16 @@ class NixEvaluator:
             if item.get("s"):
                 desired = replace(desired, needs=frozenset(item["s"]))
             resources[desired.path] = desired
-        if answer.get("tainted"):
+        if answer.get("tainted") and (traces.reads or any(r.reads for r in resources.values())):
             resources = self._untainted(args, resources)
         return Evaluation(resources, providers)
 
     def _untainted(self, args: dict[str, Any], resources: dict[str, DesiredResource]) -> dict[str, DesiredResource]:
-        """The values of the resources that built a derivation from an output they read, from a pass without
-        taint: the taint (a fake store path in the output's strings) would have become part of the derivation,
-        changing its path. Their edges stay those of both passes."""
-        redo = {p for p, r in resources.items() if r.needs and r.reads}
+        """The values of the resources that refer to a derivation, from a pass without taint, when the pass read
+        outputs: an output's taint (a fake store path in its strings) that reached a derivation would have become
+        part of it, changing its path, and would leave no trace in the resource's own context (a derivation's
+        output does not carry its inputs' context). Their edges are those of both passes."""
+        redo = {p for p, r in resources.items() if any(".drv" in n for n in r.needs)}
         if not redo:
             return resources
         answer, traces = self._run(dict(args, select=[p.split(".") for p in sorted(redo)]), taint=False)

@@ -466,6 +466,12 @@ class Reconciler:
             return
         started = time.monotonic()
         self._drift_checked = started
+        try:
+            engine.build_providers(specs)
+        except NixgitopsError as exc:
+            if self.log is not None:
+                self.log(f"[{self.deployment.name}] no drift check: {str(exc).splitlines()[0]}")
+            return
         providers = Providers(
             specs, size=self.deployment.parallelism, timeout=self.deployment.provider_timeout, cwd=str(self.workdir)
         )

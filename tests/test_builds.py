@@ -202,3 +202,45 @@ def test_a_build_past_its_time_limit_is_stopped(checkout: Checkout) -> None:
     done = checkout.run("apply", "-y", "--build-timeout", "2", timeout=100)
     assert_clean_error(done, f"-slow-{nonce}.drv for resource 'slow' failed", "timed out", "build_timeout")
     assert checkout.state() == {}
+
+
+def test_a_derivation_from_an_output_that_another_resource_forced_first(checkout: Checkout) -> None:
+    """The derivation's own reader leaves no trace of the read (`c` forces the value first, and a derivation's output
+    does not carry its inputs' context): the plan must still compute the derivation without the taint."""
+    nonce = uuid.uuid4().hex[:8]
+    checkout.deploy(
+        f"""
+        {{ members, providers, ... }}:
+        let says = text: {script(f"says-{nonce}", "echo ${text}")}; in
+        {{
+          members.a = {{ type = providers.local.memo; inputs.initialize_with = "word-{nonce}"; }};
+          members.c = {{ type = providers.local.memo; inputs.initialize_with = members.a.outputs.value; }};
+          members.z = {{ type = providers.local.exec;
+                         inputs = {{ executable = "${{says members.a.outputs.value}}"; args = []; }}; }};
+        }}
+        """
+    )
+    checkout.ok("apply", "-y")
+    assert checkout.state()["z"]["outputs"]["stdout"] == f"word-{nonce}\n"
+    assert "No changes." in checkout.ok("plan").stdout
+    checkout.write(checkout.path.joinpath("deployment.nix").read_text().replace("args = [];", 'args = ["x"];'))
+    checkout.commit()
+    checkout.ok("apply", "-y")  # an update of z, planned with every output known
+    assert "No changes." in checkout.ok("plan").stdout
+
+
+def test_a_source_file_of_the_repository_is_added_to_the_store(checkout: Checkout) -> None:
+    (checkout.path / "deploy").mkdir()
+    (checkout.path / "deploy" / "hello.sh").write_text(f"#!/bin/sh\necho from-the-repository {uuid.uuid4().hex}\n")
+    (checkout.path / "deploy" / "hello.sh").chmod(0o755)
+    checkout.deploy(
+        """
+        { members, providers, ... }:
+        { members.run = { type = providers.local.exec;
+                          inputs = { executable = "${./deploy/hello.sh}"; args = []; }; }; }
+        """
+    )
+    checkout.ok("apply", "-y")
+    record = checkout.state()["run"]
+    assert record["outputs"]["stdout"].startswith("from-the-repository ")
+    assert record["storePaths"] == [record["inputs"]["executable"]]
