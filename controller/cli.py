@@ -154,6 +154,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    if args.flake is not None and (args.nix_path or args.allow_path or args.no_restrict_eval):
+        raise UserError(
+            "-I, --allow-path and --no-restrict-eval have no effect with --flake: a flake is evaluated purely, and"
+            " reads only its own files and the inputs its flake.lock pins. Make what it needs a flake input."
+        )
+    if args.flake is not None and args.file != "deployment.nix":
+        raise UserError("Give either --flake or --file, not both: --flake evaluates a flake output, not a file.")
     return Settings(
         directory=args.dir,
         entry=args.file,

@@ -372,6 +372,12 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
             f"{where(prefix + '.flake')}: give either `flake` (the attribute of the repository's flake output, such"
             ' as "nixgitops") or `file`, not both, and no "#".'
         )
+    ignored = [k for k in ("nix_path", "allowed_paths", "restrict_eval") if k in table]
+    if flake is not None and ignored:
+        raise ConfigError(
+            f"{where(prefix + '.' + ignored[0])} has no effect with `flake`: a flake is evaluated purely, and reads"
+            " only its own files and the inputs its flake.lock pins. Make what it needs a flake input."
+        )
     nix = NixSettings(
         options=tuple((k, _nix_value(v)) for k, v in options.items()),
         build_timeout=duration(table.get("build_timeout", "30m"), where(prefix + ".build_timeout")),

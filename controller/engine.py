@@ -456,16 +456,24 @@ class Engine:
                 started = time.monotonic()
                 commit = self.commit(planned.state, executor.state, executor.outcomes, providers=planned.providers)
                 seconds = time.monotonic() - started
-                self.keep_roots(executor.state)
                 failpoints.hit("journal-clear")
                 journal.clear(keep=journal.unresolved())  # only once the state commit holds what it recorded
+                try:
+                    self.keep_roots(executor.state)
+                except (NixgitopsError, OSError) as exc:  # roots kept for too much: garbage collection frees less
+                    if self.log is not None:
+                        self.log(f"could not update the garbage-collector roots: {exc}")
             finally:
                 journal.close()
         return RunResult(executor.outcomes, commit, _counts(executor.outcomes), seconds)
 
     def keep_roots(self, state: Mapping[str, ResourceState]) -> None:
-        """Keep garbage-collector roots for exactly the store paths ``state`` (as committed) refers to."""
-        self.roots.keep(p for record in state.values() for p in record.store_paths)
+        """Keep garbage-collector roots for exactly the store paths ``state`` (as committed) and the journal's
+        operations that are not settled refer to."""
+        paths = {p for record in state.values() for p in record.store_paths}
+        for intent in unresolved(read_entries(self.journal_path)):
+            paths.update((intent.get("record") or {}).get("storePaths") or ())
+        self.roots.keep(paths)
 
     def _refresh_edges(self, executor: Executor) -> None:
         """The edges of the resources whose inputs became known during the run, read again in one pass with

@@ -40,25 +40,49 @@ class Flake:
 
     @property
     def directory(self) -> Path | None:
-        """The local directory of the flake, when it is one."""
-        ref = self.ref
-        for scheme in ("path:", "git+file://", "git+file:"):
-            if ref.startswith(scheme):
-                ref = ref[len(scheme) :]
-                break
-        else:
-            if ":" in ref.split("/", 1)[0]:
-                return None
-        return Path(urllib.parse.urlsplit(ref).path or ref)
+        """The local directory of the flake (with ``?dir=``), when it is one."""
+        split = _local(self.ref)
+        if split is None:
+            return None
+        path, query = split
+        sub = urllib.parse.parse_qs(query).get("dir", [""])[0]
+        return Path(path) / sub if sub else Path(path)
+
+    @property
+    def subdirectory(self) -> str:
+        """``dir=`` of the reference: where in its source the flake is."""
+        return urllib.parse.parse_qs(self.ref.partition("?")[2]).get("dir", [""])[0]
+
+
+_SCHEMES = ("path:", "git+file://", "git+file:")
+
+
+def _local(ref: str) -> tuple[str, str] | None:
+    """The path and query of a local flake reference (a path, ``path:``, ``git+file:``), or None."""
+    rest = ref
+    for scheme in _SCHEMES:
+        if ref.startswith(scheme):
+            rest = ref[len(scheme) :]
+            break
+    else:
+        if ":" in ref.split("/", 1)[0]:
+            return None  # github:, https://, a registry name with a scheme...
+    path, _, query = rest.partition("?")
+    return path, query
 
 
 def locate(text: str, base: Path) -> Flake:
-    """``REF#ATTR`` as a ``Flake``; REF defaults to ``.`` and is taken relative to ``base`` when it is a path,
-    ATTR to ``nixgitops``."""
+    """``REF#ATTR`` as a ``Flake``; REF defaults to ``.`` and is taken relative to ``base`` when it is a local path
+    (``.``, ``./infra``, ``path:./infra``, ``.?dir=infra``), ATTR to ``nixgitops``."""
     ref, _, attribute = text.partition("#")
     ref = ref or "."
-    if ref.startswith((".", "/")) or ("://" not in ref and ":" not in ref.split("/", 1)[0]):
-        ref = str((base / ref).resolve())
+    split = _local(ref)
+    if split is not None:
+        path, query = split
+        scheme = next((s for s in _SCHEMES if ref.startswith(s)), "")
+        absolute = str((base / path).resolve()) if path else str(base.resolve())
+        ref = (scheme.replace("git+file:", "git+file://") if scheme == "git+file:" else scheme) + absolute
+        ref += f"?{query}" if query else ""
     names = tuple(a for a in attribute.split(".") if a) if attribute else (DEFAULT_ATTRIBUTE,)
     return Flake(ref, names or (DEFAULT_ATTRIBUTE,))
 
@@ -107,7 +131,9 @@ def lock(flake: Flake, settings: NixSettings, *, timeout: float) -> str:
     nar = (metadata.get("locked") or {}).get("narHash")
     if not nar or not metadata.get("path"):
         raise EvaluationError(f"Nix gave no locked reference for the flake {where}: {done.stdout[:300]}")
-    return f"path:{metadata['path']}?narHash={urllib.parse.quote(nar)}"
+    sub = (metadata.get("locked") or {}).get("dir") or flake.subdirectory
+    where_in = f"&dir={urllib.parse.quote(sub)}" if sub else ""
+    return f"path:{metadata['path']}?narHash={urllib.parse.quote(nar)}{where_in}"
 
 
 def bootstrap(directory: Path, locked: str, attribute: tuple[str, ...]) -> str:

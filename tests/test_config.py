@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,39 @@ def test_allow_empty_is_off_by_default_and_set_by_file_or_environment(tmp_path: 
     assert load(allowed, environ=env).deployment("web").allow_empty is False
     with pytest.raises(ConfigError, match=r"`deployments\.web\.allow_empty` in .* must be true or false, not 'yes'"):
         load(path, environ={"NIXGITOPS__DEPLOYMENTS__WEB__ALLOW_EMPTY": "yes"})
+
+
+NIX_TABLE = """
+[deployments.web]
+repository = "ssh://git@example.org/infra.git"
+"""
+
+
+def test_nix_settings_flake_and_search_path(tmp_path: Path) -> None:
+    text = NIX_TABLE + (
+        'flake = "deployments.prod"\nbuild_timeout = "90s"\n'
+        'nix_options = { substituters = "", require-sigs = true, max-jobs = 4 }\n'
+    )
+    web = load(write(tmp_path, text), environ={}).deployment("web")
+    assert web.flake == "deployments.prod"
+    assert web.nix.build_timeout == 90
+    assert web.nix.options == (("substituters", ""), ("require-sigs", "true"), ("max-jobs", "4"))
+    plain = load(write(tmp_path, NIX_TABLE + 'nix_path = ["nixpkgs=/srv/nixpkgs"]\n'), environ={}).deployment("web")
+    assert plain.flake is None and plain.evaluation.nix_path == ("nixpkgs=/srv/nixpkgs",)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ('flake = "nixgitops"\nfile = "x.nix"\n', "either `flake`"),
+        ('flake = ".#nixgitops"\n', 'no "#"'),
+        ('flake = "nixgitops"\nnix_path = ["nixpkgs=/srv/nixpkgs"]\n', "no effect with `flake`"),
+        ('flake = "nixgitops"\nallowed_paths = ["/srv"]\n', "no effect with `flake`"),
+        ('nix_path = ["nixpkgs=relative/path"]\n', "search-path entries"),
+        ("nix_options = { substituters = 1.5 }\n", "table of Nix settings"),
+        ('build_timeout = "soon"\n', "build_timeout"),
+    ],
+)
+def test_bad_nix_settings_name_the_key(tmp_path: Path, extra: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load(write(tmp_path, NIX_TABLE + extra), environ={})

@@ -214,8 +214,10 @@ let
         if !builtins.isAttrs p then { invalid = builtins.typeOf p; }
         else
           let
-            executable = let e = p.executable or null; in if builtins.isPath e || builtins.isAttrs e then toString e else e;
-            args = map (a: if builtins.isPath a || builtins.isAttrs a then toString a else a) (p.args or [ ]);
+            # a path, or a package (anything with an outPath: `executable = pkg` means its store path)
+            str = v: if builtins.isPath v || (builtins.isAttrs v && (v ? outPath || v ? __toString)) then toString v else v;
+            executable = str (p.executable or null);
+            args = map str (p.args or [ ]);
           in
           {
             inherit executable args;
