@@ -113,6 +113,8 @@ class Executor:
             rank=self._rank_of.get(desired.path, self.base_rank),
             read=old.read if old is not None else False,
             store_paths=tuple(sorted(store_paths)),
+            stateless=desired.stateless,
+            state_handler=desired.state_handler,
         )
 
     def _call(
@@ -163,9 +165,19 @@ class Executor:
         old = change.before
         if change.action is Action.DELETE:
             assert old is not None
-            self._destroy(old)
+            if not old.stateless:  # a stateless resource has nothing to delete: it is forgotten (docs/nixops4.md)
+                self._destroy(old)
             return None
         assert desired is not None
+        if desired.stateless:  # made again, never updated: NixOps4's createResourceRequest with isStateful false
+            paths = self.prepare(desired.provider, desired) if self.prepare is not None else ()
+            if change.action is Action.REPLACE and old is not None and not old.stateless:
+                self._destroy(old)
+            record = self._record(desired, {}, deps, paths)
+            request = protocol.create_request(desired.resource_type, desired.inputs, is_stateful=False)
+            what = f"createResourceRequest for {desired.path!r}"
+            body = self._call(desired.provider, request, what, desired.path, record)
+            return replace(record, outputs=dict(body["outputProperties"]))
         if change.action is Action.UPDATE:
             assert old is not None
             if dict(old.inputs) == dict(desired.inputs):  # only lifecycle changed: no provider call

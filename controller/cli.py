@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from controller import __version__
+from controller import __version__, paths
 from controller.apply import Event
 from controller.engine import Engine, Planned, RunResult, Settings
 from controller.errors import NixgitopsError, StateError, UserError
@@ -116,7 +116,14 @@ def parser() -> argparse.ArgumentParser:
     empty_help = "let a deployment that declares no resources delete everything in state (else refused)"
     for command in (plan, apply):
         command.add_argument("--allow-empty", action="store_true", help=empty_help)
-    sub.add_parser("destroy", parents=[common, running], help="delete every resource in state")
+    destroy = sub.add_parser("destroy", parents=[common, running], help="delete every resource in state")
+    for command in (plan, apply, destroy):
+        command.add_argument(
+            "member",
+            nargs="?",
+            metavar="PATH",
+            help='only the resources under this member path (myDeployment, a.b."file.txt"); put it before --flake',
+        )
     state = sub.add_parser("state", help="inspect the state branch")
     state_sub = state.add_subparsers(dest="state_command", required=True, metavar="SUBCOMMAND")
     listing = state_sub.add_parser("list", parents=[common], help="list resources in state")
@@ -178,7 +185,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         ),
         nix=NixSettings(options=tuple((n, v) for n, v in args.nix_options), build_timeout=args.build_timeout),
         flake=args.flake,
+        member=_member(getattr(args, "member", None)),
     )
+
+
+def _member(text: str | None) -> str | None:
+    """A member path as given on the command line, checked and written in its one form (``controller.paths``)."""
+    if not text:
+        return None
+    return paths.render(paths.parse(text))
 
 
 def _search_path(entry: str) -> str:
@@ -301,22 +316,43 @@ def _run(args: argparse.Namespace, *, destroy: bool) -> int:
     with engine.store.locked():
         for note in engine.recover():
             print(f"Recovered: {note}", flush=True)
-        planned: Planned = engine.plan(destroy=destroy, allow_empty=getattr(args, "allow_empty", False))
-        print(render_plan(planned.plan))
-        for path in sorted(planned.held):
-            print(f"{path}: {planned.held[path]}", flush=True)
-        if not planned.plan.has_changes:
-            if planned.refresh or planned.plan.providers:  # records to write again, no provider call
-                state = planned.state
-                engine.commit(state, {**state, **planned.refresh}, {}, providers=planned.providers)
-                if planned.refresh:
-                    print(f"Recorded what {len(planned.refresh)} unchanged resource(s) read (no provider call).")
-                if planned.plan.providers:
-                    print(f"Recorded the new command of {len(planned.plan.providers)} provider(s).")
-            return _held(planned)
-        verb = "destroy" if destroy else "apply"
-        _confirm(args, verb)
-        return max(_finish(engine.apply(planned, report=_report), engine, verb, held=len(planned.held)), _held(planned))
+        made: set[str] = set()  # stateless resources made in an earlier round of this apply
+        for round_ in range(1, STRUCTURE_ROUNDS + 1):
+            planned: Planned = engine.plan(destroy=destroy, allow_empty=getattr(args, "allow_empty", False), made=made)
+            print(render_plan(planned.plan))
+            for path in sorted(planned.held):
+                print(f"{path}: {planned.held[path]}", flush=True)
+            if not planned.plan.has_changes:
+                if planned.refresh or planned.plan.providers:  # records to write again, no provider call
+                    state = planned.state
+                    engine.commit(state, {**state, **planned.refresh}, {}, providers=planned.providers)
+                    if planned.refresh:
+                        print(f"Recorded what {len(planned.refresh)} unchanged resource(s) read (no provider call).")
+                    if planned.plan.providers:
+                        print(f"Recorded the new command of {len(planned.plan.providers)} provider(s).")
+                return _held(planned)
+            verb = "destroy" if destroy else "apply"
+            if round_ == 1:
+                _confirm(args, verb)
+            result = engine.apply(planned, report=_report)
+            code = max(_finish(result, engine, verb, held=len(planned.held)), _held(planned))
+            if code or not planned.plan.structural:
+                return code
+            made.update(p for p, r in planned.desired.items() if r.stateless)
+            print(
+                f"\nThe members of {len(planned.plan.structural)} composite(s) depended on outputs now known:"
+                " planning them again.\n",
+                flush=True,
+            )
+        print(
+            f"Error: the structure of the deployment still depends on outputs after {STRUCTURE_ROUNDS} rounds of"
+            " apply; look for members whose existence depends on resources they create.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+STRUCTURE_ROUNDS = 10  # applies of one `apply`, each after the structure that outputs decided became known
 
 
 def _held(planned: Planned) -> int:

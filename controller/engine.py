@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import pygit2
 
-from controller import failpoints, flakes, planning
+from controller import failpoints, flakes, paths, planning
 from controller.apply import Event, Executor, Outcome, now
 from controller.builds import Builder, GcRoots, missing
 from controller.errors import DeploymentError, NixgitopsError
@@ -84,15 +84,21 @@ def compute_plan(
     entry: str = "deployment.nix",
     allow_empty: bool = False,
     source_commit: str | None = None,
+    member: str | None = None,
+    made: Collection[str] = (),
 ) -> Planned:
     """Evaluate until stable and plan; raises for cycles and for plans that destroy protected resources.
 
     Without ``allow_empty``, a deployment that declares nothing while state holds resources is refused
-    (``EmptyDeploymentError``, naming ``entry`` and ``source_commit``); ``destroy`` is always allowed."""
+    (``EmptyDeploymentError``, naming ``entry`` and ``source_commit``); ``destroy`` is always allowed.
+    ``member``: plan only the resources under this member path (the evaluator evaluates only those); what state
+    holds elsewhere is neither changed nor deleted, and its outputs stay readable. ``made``: see
+    ``planning.plan``."""
     state = dict(state)
+    scoped = state if member is None else {p: s for p, s in state.items() if paths.within(p, member)}
     if destroy:
         answer = evaluator.evaluate({}, select=set())
-        plan = planning.plan({}, state, destroy=True)
+        plan = planning.plan({}, scoped, destroy=True)
         planning.check_protected(plan, entry)
         check_providers(plan, answer.providers, entry)
         return Planned(plan, {}, {}, answer.providers, state, 1)
@@ -106,7 +112,7 @@ def compute_plan(
         answer = evaluator.evaluate(known)
         if reorder is None:  # from the first pass, where every recorded output is known
             reorder = planning.out_of_order(answer.resources, state)
-        plan = planning.plan(answer.resources, state, reorder=reorder)
+        plan = planning.plan(answer.resources, scoped, reorder=reorder, structural=answer.structural, made=made)
         moving = planning.changing(plan)
         if moving == unknown:
             break
@@ -131,7 +137,9 @@ def compute_plan(
     planning.check_protected(plan, entry)
     check_providers(plan, answer.providers, entry)
     # last: the refusals above are not lifted by allow_empty, so they are reported first
-    planning.check_empty_deployment(plan, answer.resources, entry, commit=source_commit, allow=allow_empty)
+    planning.check_empty_deployment(
+        plan, answer.resources, entry, commit=source_commit, allow=allow_empty or bool(answer.structural)
+    )
     refresh = planning.refreshed(plan, answer.resources, state)
     return Planned(plan, answer.resources, dependencies, answer.providers, state, passes, refresh=refresh)
 
@@ -172,6 +180,8 @@ class Settings:
     nix: NixSettings = field(default_factory=NixSettings)
     flake: str | None = None
     """``REF#ATTR``: evaluate that flake output (REF relative to ``directory``) instead of ``entry``."""
+    member: str | None = None
+    """A member path (``controller.paths``): plan, apply and destroy only the resources under it."""
 
 
 @dataclass
@@ -239,6 +249,7 @@ class Engine:
             root=source_root,
             nix=settings.nix,
             flake=flakes.locate(settings.flake, settings.directory) if settings.flake is not None else None,
+            member=settings.member,
         )
         self.log = log
 
@@ -344,11 +355,16 @@ class Engine:
             edges,
             [c.path for c in planned.plan.changes if c.action is Action.DELETE],
         )
-        plan = Plan(tuple(c for c in planned.plan.changes if c.path not in held))
+        plan = replace(planned.plan, changes=tuple(c for c in planned.plan.changes if c.path not in held))
         return replace(planned, plan=plan, held={**planned.held, **held})
 
     def plan(
-        self, *, destroy: bool = False, allow_empty: bool = False, exclude: Mapping[str, str] | None = None
+        self,
+        *,
+        destroy: bool = False,
+        allow_empty: bool = False,
+        exclude: Mapping[str, str] | None = None,
+        made: Collection[str] = (),
     ) -> Planned:
         """The plan against the state branch; ``allow_empty`` lets a deployment that declares nothing delete
         everything in state (see ``planning.check_empty_deployment``).
@@ -363,6 +379,8 @@ class Engine:
             entry=str(self.entry_file),
             allow_empty=allow_empty,
             source_commit=None if self.dirty else self.source_commit,  # a dirty tree is not that commit
+            member=self.settings.member,
+            made=made,
         )
         planned = self.hold_back(planned, self.unsettled() if exclude is None else exclude)
         recorded = self.store.load_meta().get("providers")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
-from controller import flakes
+from controller import flakes, paths
 from controller.errors import DeploymentError, EvaluationError
 from controller.model import (
     LOCAL_PROVIDER,
@@ -103,6 +104,9 @@ class Evaluation:
 
     resources: dict[str, DesiredResource]
     providers: dict[str, ProviderSpec]
+    structural: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Members whose kind or set of members reads outputs not known yet (NixOps4's structural dependencies),
+    each with the resources it waits for: what they hold is known only after those are applied."""
 
     @property
     def dependencies(self) -> dict[str, frozenset[str]]:
@@ -127,7 +131,7 @@ def local_provider_spec() -> ProviderSpec:
     )
 
 
-KNOWN_ATTRIBUTES = {"resource": ("type", "inputs", "lifecycle"), "composite": ("members",)}
+KNOWN_ATTRIBUTES = {"resource": ("type", "inputs", "lifecycle", "state"), "composite": ("members",)}
 
 
 @dataclass
@@ -186,8 +190,12 @@ def parse_traces(stderr: str) -> _Traces:
     return traces
 
 
-def _untag(key: str) -> str:
-    """A resource path from its taint (the harness strips the fake store path's prefix)."""
+def _untag(key: str, known: Iterable[str]) -> str:
+    """A resource path from its taint (the harness strips the fake store path's prefix); a path with characters a
+    store path may not hold goes by its SHA-1 (``h=<hex>``), found among the ``known`` paths."""
+    if key.startswith("h="):
+        digest = key[2:]
+        return next((p for p in known if hashlib.sha1(p.encode()).hexdigest() == digest), key)
     return key.replace("?", "'") if "?" in key else key
 
 
@@ -206,9 +214,12 @@ class NixEvaluator:
         root: Path | None = None,
         nix: NixSettings | None = None,
         flake: flakes.Flake | None = None,
+        member: str | None = None,
     ) -> None:
-        """``flake``: evaluate this flake's output, purely (``entry_file`` then only names its flake.nix)."""
+        """``flake``: evaluate this flake's output, purely (``entry_file`` then only names its flake.nix).
+        ``member``: a member path; only the resources under it are evaluated (see ``controller.paths``)."""
         self.flake = flake
+        self.member = member
         self._locked: str | None = None  # the flake's locked reference, once asked
         self.entry_file = entry_file.resolve()
         self.limits = limits or EvalLimits()
@@ -281,7 +292,8 @@ class NixEvaluator:
             "deployment": None if self.flake is not None else str(self.entry_file),
             "system": _system(),
             "known": known if isinstance(known, KnownOutputs) else dict(known),
-            "select": None if select is None else [p.split(".") for p in sorted(select)],
+            "select": None if select is None else [list(paths.parse(p)) for p in sorted(select)],
+            "member": None if self.member is None else list(paths.parse(self.member)),
             "taint": False,
             "focus": None,
         }
@@ -319,21 +331,33 @@ class NixEvaluator:
         providers = self._providers(answer.get("providers", {}))
         self._checked_types = set()
         resources: dict[str, DesiredResource] = {}
+        structural: dict[str, frozenset[str]] = {}
         nothing: frozenset[str] = frozenset()
         for item in answer.get("resources", []):
             path = item["p"]
+            if item["k"] == "structural":
+                waits = frozenset(traces.unknown.get(path, ()))
+                if not waits:
+                    raise DeploymentError(
+                        f"member {path!r} in {self.where}: computing whether it is a resource or which members it"
+                        " has failed with a `throw` or `assert`. Evaluate it with `nix eval` to see the error."
+                    )
+                structural[path] = waits
+                continue
             traced, tags = traces.reads.get(path), item.get("r")
             reads = nothing
             if traced or tags:
-                reads = frozenset((traced or set()).union(_untag(k) for k in tags or ()) - {path})
+                reads = frozenset((traced or set()).union(_untag(k, known) for k in tags or ()) - {path})
             blocked = frozenset(traces.unknown[path]) if path in traces.unknown else nothing
             desired = self._resource(item, providers, blocked, reads, answer.get("markers", True))
             if item.get("s"):
                 desired = replace(desired, needs=frozenset(item["s"]))
+            if "sl" in item or "st" in item or providers[desired.provider].stateless_types:
+                desired = self._statefulness(item, desired, providers)
             resources[desired.path] = desired
         if answer.get("tainted") and (traces.reads or any(r.reads for r in resources.values())):
             resources = self._untainted(args, resources)
-        return Evaluation(resources, providers)
+        return Evaluation(resources, providers, structural)
 
     def _untainted(self, args: dict[str, Any], resources: dict[str, DesiredResource]) -> dict[str, DesiredResource]:
         """The values of the resources that refer to a derivation, from a pass without taint, when the pass read
@@ -343,7 +367,7 @@ class NixEvaluator:
         redo = {p for p, r in resources.items() if any(".drv" in n for n in r.needs)}
         if not redo:
             return resources
-        answer, traces = self._run(dict(args, select=[p.split(".") for p in sorted(redo)]), taint=False)
+        answer, traces = self._run(dict(args, select=[list(paths.parse(p)) for p in sorted(redo)]), taint=False)
         providers = self._providers(answer.get("providers", {}))
         for item in answer.get("resources", []):
             path = item["p"]
@@ -351,6 +375,7 @@ class NixEvaluator:
             reads = frozenset(traces.reads.get(path, set())) | old.reads
             blocked = frozenset(traces.unknown.get(path, set()))
             desired = self._resource(item, providers, blocked, reads - {path}, answer.get("markers", True))
+            desired = self._statefulness(item, desired, providers)
             resources[path] = replace(desired, needs=frozenset(item.get("s") or ()))
         return resources
 
@@ -493,7 +518,7 @@ class NixEvaluator:
         return _decode(text), parse_traces("\n".join(printed))
 
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
-        focus = dict(args, focus={"path": path.split(".")}, select=None, taint=False)
+        focus = dict(args, focus={"path": list(paths.parse(path))}, select=None, taint=False)
         where = f"at {at}" if at else f"in {self.where}"
         what = f"The inputs of resource {path!r}" if fieldname == "*" else f"Input {fieldname!r} of resource {path!r}"
         try:
@@ -519,6 +544,13 @@ class NixEvaluator:
                 raise DeploymentError(
                     f"{where} must be an attribute set {{ executable; args; resourceTypes; }}, not a {p['invalid']}."
                 )
+            if "conflict" in p:
+                raise DeploymentError(
+                    f"{self.where}: two different provider commands are both named {name!r} (after their"
+                    f" executable): {', '.join(p['conflict'])}. Give one of them another file name."
+                )
+            if p.get("kind", "stdio") != "stdio":
+                raise DeploymentError(f"{where}: provider type {p['kind']!r} is not known; only 'stdio' is.")
             exe, argv, types = p.get("executable"), p.get("args"), p.get("resourceTypes")
             if not isinstance(exe, str) or not exe:
                 raise DeploymentError(f"{where}: `executable` must be a path or a string naming the program.")
@@ -526,10 +558,38 @@ class NixEvaluator:
                 raise DeploymentError(f"{where}: `args` must be a list of strings.")
             if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
                 raise DeploymentError(
-                    f"{where}: `resourceTypes` must be a non-empty list of strings (the types it serves)."
+                    f"{where}: `resourceTypes` must be a non-empty list of strings (the types it serves), or an"
+                    " attribute set of types as NixOps4 writes it ({ file.requireState = false; })."
                 )
-            providers[name] = ProviderSpec(name, exe, tuple(argv), frozenset(types), needs=frozenset(p.get("s") or ()))
+            providers[name] = ProviderSpec(
+                name,
+                exe,
+                tuple(argv),
+                frozenset(types),
+                needs=frozenset(p.get("s") or ()),
+                stateless_types=frozenset(p.get("stateless") or ()),
+            )
         return providers
+
+    def _statefulness(
+        self, item: Mapping[str, Any], desired: DesiredResource, providers: Mapping[str, ProviderSpec]
+    ) -> DesiredResource:
+        """Whether the resource keeps state, as NixOps4 decides it: a NixOps4 root's resource without ``state`` does
+        not; in deployment.nix, one whose type is declared ``requireState = false`` and that names no ``state``."""
+        handler = item.get("st")
+        if handler is not None and handler.startswith("<"):
+            raise DeploymentError(
+                f"member {desired.path!r} in {self.where}: `state` must name the resource that keeps its state"
+                f" (state = members.x;), not a {handler.strip('<>')}."
+            )
+        if "sl" in item:
+            stateless = bool(item["sl"])
+        else:
+            spec = providers.get(desired.provider)
+            stateless = handler is None and spec is not None and desired.resource_type in spec.stateless_types
+        if not stateless and handler is None:
+            return desired
+        return replace(desired, stateless=stateless, state_handler=handler)
 
     def _resource(
         self,
@@ -552,13 +612,6 @@ class NixEvaluator:
             )
         if item["k"] == "resource" and item.get("t") in self._checked_types and PATH.match(path):
             return self._inputs(item, where, blocked, reads, markers)  # the common case, checked quickly
-        for part in [item["n"]] if item.get("n") else path.split("."):
-            if not NAME.match(part):
-                raise DeploymentError(
-                    f"{where}: the name {part!r} is not allowed; member names must be plain identifiers"
-                    " (letters, digits, _, ' and -, not starting with a digit), because they name files on"
-                    " the state branch."
-                )
         kind = item["k"]
         if kind != "resource":
             if kind == "empty":

@@ -61,6 +61,9 @@ class ProviderSpec:
     builtin: bool = False
     needs: frozenset[str] = frozenset()
     """The store paths its executable and arguments refer to, realised before it starts (``controller.builds``)."""
+    stateless_types: frozenset[str] = frozenset()
+    """The types declared with ``requireState = false`` (NixOps4's shape of ``resourceTypes``): their resources
+    have no state of their own, and are made again on every apply, as NixOps4 does (see docs/nixops4.md)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,13 @@ class DesiredResource(Typed):
     needs: frozenset[str] = frozenset()
     """The store paths the inputs' strings refer to (Nix string context: ``<drv>!<output>``, a .drv for all its
     outputs, a source path), realised before the inputs go to the provider (``controller.builds``)."""
+    stateless: bool = False
+    """Made again on every apply with ``isStateful: false`` and never updated, as NixOps4 treats a resource
+    without a state handler (a NixOps4 root's resource with no ``state``; a type declared ``requireState =
+    false`` with no ``state``). Its record on the state branch keeps its last inputs and outputs all the same."""
+    state_handler: str | None = None
+    """The path of the resource NixOps4 would keep this one's state in (``state = members.x``): recorded; the
+    state branch keeps the state."""
 
     @property
     def ready(self) -> bool:
@@ -110,6 +120,8 @@ _RECORD_KEYS: Final = frozenset(
         "rank",
         "read",
         "storePaths",
+        "stateless",
+        "stateHandler",
     )
 )
 
@@ -137,6 +149,9 @@ class ResourceState(Typed):
     store_paths: tuple[str, ...] = ()
     """The Nix store paths its last operation was given (built outputs and sources its inputs and its provider
     refer to): kept alive by garbage-collector roots while the record exists (``controller.builds``)."""
+    stateless: bool = False
+    """See ``DesiredResource.stateless``: deleting it calls no provider (there is nothing NixOps4 could delete)."""
+    state_handler: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,6 +168,8 @@ class ResourceState(Typed):
             **({"rank": self.rank} if self.rank else {}),
             **({"read": True} if self.read else {}),
             **({"storePaths": list(self.store_paths)} if self.store_paths else {}),
+            **({"stateless": True} if self.stateless else {}),
+            **({"stateHandler": self.state_handler} if self.state_handler else {}),
             **dict(self.extra),
         }
 
@@ -175,6 +192,8 @@ class ResourceState(Typed):
             rank=int(data.get("rank") or 0),
             read=bool(data.get("read", False)),
             store_paths=tuple(data.get("storePaths") or ()),
+            stateless=bool(data.get("stateless", False)),
+            state_handler=data.get("stateHandler"),
         )
         return record
 

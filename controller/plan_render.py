@@ -91,7 +91,17 @@ def render_plan(plan: Plan) -> str:
         if change.action is not Action.NOOP:
             out.extend(_change(change))
             out.append("")
+    for member, waits in plan.structural:
+        shown = f"{member}.*" if member else "*"
+        out.append(f"  ? {shown}  (known after apply of {', '.join(waits)})")
+    if plan.structural:
+        out.append("")
     out.append(f"Plan: {summary(counts)}. {counts['noop']} unchanged.")
+    if plan.structural:
+        out.append(
+            f"The members of {len(plan.structural)} composite(s) depend on outputs: apply plans them again once"
+            " those are known."
+        )
     return "\n".join(out) + "\n"
 
 
@@ -145,5 +155,6 @@ def plan_json(
         "sourceCommit": source_commit,
         "changes": changes,
         "providers": [{"name": p.name, "before": dict(p.before), "after": dict(p.after)} for p in plan.providers],
+        "knownAfterApply": [{"member": m, "waitsFor": list(w)} for m, w in plan.structural],
         "summary": plan.counts(),
     }

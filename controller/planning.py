@@ -6,11 +6,12 @@ the action to people and decides nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from controller import paths
 from controller.errors import EmptyDeploymentError, PlanError
 from controller.model import ABSENT, UNKNOWN, DesiredResource, ProviderSpec, ResourceState, provider_of
 
@@ -86,6 +87,9 @@ class Plan:
     changes: tuple[Change, ...]
     providers: tuple[ProviderChange, ...] = ()
     """Providers whose command changed since the last apply: shown, recorded, nothing called."""
+    structural: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Members whose structure (kind, or set of members) is known only after these resources are applied, each
+    with them: apply evaluates the structure again once they are (NixOps4's structural dependencies)."""
 
     def counts(self) -> dict[str, int]:
         result = {action.value: 0 for action in Action}
@@ -124,6 +128,13 @@ def decide(desired: DesiredResource, current: ResourceState | None) -> Change:
             reason = f"type changed from {current.type!r} to {desired.type!r}"
         fields = diff_fields(current.inputs, desired.inputs)
         return Change(desired.path, Action.REPLACE, desired.type, current, desired, fields, reason)
+    if desired.stateless:  # NixOps4 makes a resource without state again on every apply (docs/nixops4.md)
+        if desired.inputs_known:
+            fields = diff_fields(current.inputs, desired.inputs)
+        else:
+            fields = (FieldChange("*", dict(current.inputs), UNKNOWN),)
+        reason = "stateless: made again on every apply"
+        return Change(desired.path, Action.UPDATE, desired.type, current, desired, fields, reason)
     if not desired.inputs_known:
         fields = (FieldChange("*", dict(current.inputs), UNKNOWN),)
         return Change(desired.path, Action.UPDATE, desired.type, current, desired, fields, "inputs known after apply")
@@ -155,23 +166,35 @@ def plan(
     *,
     destroy: bool = False,
     reorder: Mapping[str, str] | None = None,
+    structural: Mapping[str, Collection[str]] | None = None,
+    made: Collection[str] = (),
 ) -> Plan:
     """Plan the changes from ``state`` to ``desired``; with ``destroy``, plan deleting everything in state.
     ``reorder`` names unchanged resources that must be recorded again in the order of operations (see
-    ``out_of_order``), with the reason: they are planned as updates that call no provider."""
+    ``out_of_order``), with the reason: they are planned as updates that call no provider. ``structural``: the
+    members whose structure is not known yet (with what they wait for); what state holds under them is kept
+    until it is. ``made``: stateless resources already made again in this apply (an earlier round), left alone
+    when their inputs are unchanged."""
     changes: list[Change] = []
     if destroy:
         changes = [delete(state[p], "destroying the deployment") for p in sorted(state)]
         return Plan(tuple(changes))
+    unknown = sorted((structural or {}).items())
     for path in sorted(set(desired) | set(state)):
         if path in desired:
             change = decide(desired[path], state.get(path))
             if reorder and path in reorder and change.action is Action.NOOP:
                 change = Change(path, Action.UPDATE, change.type, change.before, change.after, (), reorder[path])
+            elif path in made and desired[path].stateless and change.action is Action.UPDATE and not change.fields:
+                change = Change(path, Action.NOOP, change.type, change.before, change.after, (), "made in this apply")
             changes.append(change)
+        elif blockers := next((w for s, w in unknown if paths.within(path, s)), None):
+            old = state[path]
+            why = f"kept: whether it is still declared is known after apply of {', '.join(sorted(blockers))}"
+            changes.append(Change(path, Action.NOOP, old.type, old, None, (), why))
         else:
             changes.append(delete(state[path]))
-    return Plan(tuple(changes))
+    return Plan(tuple(changes), structural=tuple((s, tuple(sorted(w))) for s, w in unknown))
 
 
 def out_of_order(desired: Mapping[str, DesiredResource], state: Mapping[str, ResourceState]) -> dict[str, str]:
@@ -280,4 +303,4 @@ def without_deletes(plan: Plan) -> Plan:
         else c
         for c in plan.changes
     )
-    return Plan(kept)
+    return replace(plan, changes=kept)

@@ -61,7 +61,11 @@ let
     else v;
   readable = path: outputs:
     let
-      context = { "${tagPrefix}${builtins.replaceStrings [ "'" ] [ "?" ] path}" = { path = true; }; };
+      # a store path's name allows letters, digits and +-._?=: a path with other characters goes by its hash
+      tag =
+        if builtins.match "[A-Za-z0-9_.'-]*" path != null then builtins.replaceStrings [ "'" ] [ "?" ] path
+        else "h=" + builtins.hashString "sha1" path;
+      context = { "${tagPrefix}${tag}" = { path = true; }; };
       leaf = v: builtins.trace "nixgitops:read ${path}" (if taint then tagDeep context v else v);
     in
     builtins.trace "nixgitops:read ${path}"
@@ -89,7 +93,13 @@ let
       s = store;
     };
 
-  join = prefix: name: if prefix == "" then name else "${prefix}.${name}";
+  # A member path as controller/paths.py writes it: names joined by dots, a name that is not a plain identifier
+  # in double quotes with \, " and control characters escaped (myDeployment."file.txt").
+  validName = name: builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" name != null;
+  quote = name:
+    if validName name then name
+    else "\"" + builtins.replaceStrings [ "\\" "\"" "\n" "\r" "\t" ] [ "\\\\" "\\\"" "\\n" "\\r" "\\t" ] name + "\"";
+  join = prefix: name: if prefix == "" then quote name else "${prefix}.${quote name}";
 
   isComposite = decl: builtins.isAttrs decl && decl ? members && !(decl ? type);
 
@@ -100,7 +110,7 @@ let
         let path = join prefix name; in
         if isComposite decl && builtins.isAttrs decl.members
         then decl // { members = view outputsOf path decl.members; }
-        else (if builtins.isAttrs decl then decl else { }) // { outputs = outputsOf path; })
+        else (if builtins.isAttrs decl then decl else { }) // { outputs = outputsOf path; __nixgitopsPath = path; })
       decls;
 
   call = outputsOf:
@@ -113,22 +123,77 @@ let
 
   # With knownDir, outputs are read when forced, so one call can serve a whole session: a field that read an
   # unknown output threw, and Nix forgets a thunk that threw, so the next pass evaluates it again.
-  result = if called != null then called else call knownOrUnknown;
-  declared = if builtins.isAttrs (result.providers or { }) then result.providers or { } else { };
+  # A NixOps4 root (nixops4.lib.mkRoot, the flake output `nixops4`) is driven as NixOps4 drives it: its
+  # rootFunction gets the system and the output values of every resource, a fixpoint (which resources exist and
+  # which outputs each declares, `outputsSkeleton`, come from the same call), and its `_export` tree is read as
+  # the members of a deployment. NixOps4's module system has done the typing, defaults and coercion of inputs.
+  isRoot = builtins.isAttrs entry && (entry._type or null) == "nixops4Component";
+  rootExport =
+    let
+      outputOf = path: attr:
+        (knownOrUnknown path).${attr} or (throw "nixgitops: the resource '${path}' has no output '${attr}'");
+      outputsFor = prefix: export:
+        builtins.mapAttrs
+          (name: member:
+            let path = join prefix name; in
+            if member ? resource
+            then builtins.mapAttrs (attr: _: outputOf path attr) (member.resource.outputsSkeleton or { })
+            else outputsFor path member)
+          (export.members or { });
+      fixpoint = entry.rootFunction { resourceProviderSystem = args.system; outputValues = outputsFor "" fixpoint; };
+    in
+    fixpoint;
+  # a provider is named after its executable's file name: the store path changes with every build, the name not
+  commandName = p: builtins.replaceStrings [ "." " " ] [ "-" "-" ] (builtins.unsafeDiscardStringContext (builtins.baseNameOf (toString p.executable)));
+  fromExport = prefix: export:
+    builtins.mapAttrs
+      (name: member:
+        let path = join prefix name; in
+        if member ? resource then
+          let r = member.resource; in
+          {
+            type = "${commandName r.provider}.${r.type}";
+            inherit (r) inputs;
+            __nixops4 = { inherit (r) provider type; state = r.state or null; };
+          }
+        else { members = fromExport path member; })
+      (export.members or { });
+  result =
+    if called != null then called
+    else if isRoot then { members = fromExport "" rootExport; }
+    else call knownOrUnknown;
+  declared = if !isRoot && builtins.isAttrs (result.providers or { }) then result.providers or { } else { };
 
+  # resourceTypes: a list of names (each requires state), or NixOps4's shape { file.requireState = false; }
+  typeNames = types: if builtins.isAttrs types then builtins.attrNames types else types;
+  statelessTypes = types:
+    if builtins.isAttrs types
+    then builtins.filter (t: builtins.isAttrs types.${t} && (types.${t}.requireState or true) == false) (builtins.attrNames types)
+    else [ ];
   providerTypes =
     builtins.mapAttrs
-      (name: p: builtins.listToAttrs (map (t: { name = t; value = "${name}.${t}"; }) (p.resourceTypes or [ ])))
+      (name: p: builtins.listToAttrs (map (t: { name = t; value = "${name}.${t}"; }) (typeNames (p.resourceTypes or [ ]))))
       (declared // { local = { resourceTypes = [ "file" "exec" "memo" ]; }; });
 
   # Every resource, as { path = "a.b"; names = [ "a" "b" ]; decl; }, in sorted order.
-  validName = name: builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" name != null;
+  # A member whose kind (resource or composite) or whose set of members cannot be computed, because it reads an
+  # output not known yet (NixOps4's structural dependencies), is listed as `structural`; its evaluation forces the
+  # same again, so the unknown reads are attributed to it.
+  kindOf = decl:
+    if !(isComposite decl) then "leaf"
+    else if builtins.isAttrs decl.members then builtins.seq (builtins.attrNames decl.members) "composite"
+    else "leaf";
   collect = prefix: names: decls:
     builtins.concatLists (map
       (name:
-        let decl = decls.${name}; path = join prefix name; here = names ++ [ name ]; in
-        if !validName name then [ { inherit path decl; names = here; bad = name; } ]
-        else if isComposite decl && builtins.isAttrs decl.members
+        let
+          decl = decls.${name};
+          path = join prefix name;
+          here = names ++ [ name ];
+          kind = builtins.tryEval (kindOf decl);
+        in
+        if !kind.success then [ { inherit path decl; names = here; structural = true; } ]
+        else if kind.value == "composite"
         then
           (let extra = builtins.filter (a: a != "members") (builtins.attrNames decl); in
           if extra != [ ] then [ { inherit path decl extra; names = here; } ] else collect path here decl.members)
@@ -161,7 +226,7 @@ let
   describe = { path, decl, ... }@entry:
     let
       kind =
-        if entry ? bad then "badname"
+        if entry ? structural then "structural"
         else if !builtins.isAttrs decl then builtins.typeOf decl
         else if decl ? type then "resource"
         else if decl ? members then "composite-" + builtins.typeOf decl.members
@@ -183,10 +248,19 @@ let
         else if !shape.value then "<${builtins.typeOf rawInputs}>"
         else if whole.success then whole.value
         else builtins.mapAttrs (evalField rawInputs) rawInputs;
-      strange = builtins.attrNames (removeAttrs decl [ "type" "inputs" "lifecycle" ]);
+      strange = builtins.attrNames (removeAttrs decl [ "type" "inputs" "lifecycle" "state" "__nixops4" "__nixgitopsPath" ]);
+      # the resource that keeps its state, as NixOps4 declares it (`state = members.x`, or a list of names)
+      stateOf = s:
+        if s == null then null
+        else if builtins.isList s then builtins.foldl' join "" s
+        else if builtins.isAttrs s && s ? __nixgitopsPath then s.__nixgitopsPath
+        else "<${builtins.typeOf s}>";
+      nixops4 = decl.__nixops4 or null;
+      handler = if nixops4 != null then stateOf nixops4.state else stateOf (decl.state or null);
       lifecycleExtra = if builtins.isAttrs lifecycle then builtins.attrNames (removeAttrs lifecycle [ "preventDestroy" ]) else [ ];
     in
-    if kind != "resource" then { p = path; k = kind; n = entry.bad or null; x = entry.extra or [ ]; }
+    if kind == "structural" then builtins.seq (builtins.tryEval (kindOf decl)) { p = path; k = kind; }
+    else if kind != "resource" then { p = path; k = kind; x = entry.extra or [ ]; }
     else {
       p = path;
       k = kind;
@@ -196,19 +270,57 @@ let
       d = if builtins.isAttrs lifecycle then lifecycle.preventDestroy or false else false;
       l = builtins.typeOf lifecycle;
       x = strange ++ map (a: "lifecycle.${a}") lifecycleExtra;
-    } // (let c = contextOf fields; in { r = c.r; } // (if c.s == [ ] then { } else { s = c.s; }));
+    } // (let c = contextOf fields; in { r = c.r; } // (if c.s == [ ] then { } else { s = c.s; }))
+    // (if handler == null then { } else { st = handler; })
+    // (if nixops4 == null then { } else { sl = nixops4.state == null; });
 
   topMembers = result.members or { };
-  entries = if builtins.isAttrs topMembers then collect "" [ ] topMembers else [ ];
+  pathOf = names: builtins.foldl' join "" names;
+  # `member` (a list of names, or null for the whole deployment): only that member is listed and evaluated, so
+  # one repository can hold several deployments, and what the others hold is never forced.
+  member = args.member or null;
+  entries =
+    if member == null then (if builtins.isAttrs topMembers then collect "" [ ] topMembers else [ ])
+    else
+      let decl = lookup result member; in
+      if kindOf decl == "composite" then collect (pathOf member) member decl.members
+      else [ { path = pathOf member; names = member; inherit decl; } ];
   selected =
     if args.select == null then entries
-    else map (names: { path = builtins.concatStringsSep "." names; names = names; decl = lookup result names; }) args.select;
+    else map (names: { path = pathOf names; names = names; decl = lookup result names; }) args.select;
 
   # Each resource's evaluation is forced whole, then its end marker is printed: every read traced since the
   # previous marker is this resource's (one marker a resource: markers cost about 2 us each).
   evalEntry = e: let d = describe e; in builtins.deepSeq d (builtins.trace "nixgitops:done ${e.path}" d);
 
-  providersOut =
+  # A root's providers are the commands its resources name, one provider per executable's file name.
+  rootProviders =
+    let
+      commands = builtins.concatMap
+        (e:
+          if e ? structural || e ? extra || !(builtins.isAttrs e.decl) || !(e.decl ? __nixops4) then [ ]
+          else [ { name = commandName e.decl.__nixops4.provider; inherit (e.decl.__nixops4) provider type; } ])
+        entries;
+      record = name: cs:
+        let
+          key = c: builtins.unsafeDiscardStringContext (builtins.toJSON [ (toString c.provider.executable) c.provider.args ]);
+          distinct = builtins.attrValues (builtins.listToAttrs (map (c: { name = key c; value = c.provider; }) cs));
+          p = builtins.head distinct;
+          executable = toString p.executable;
+        in
+        if builtins.length distinct > 1 then { conflict = map (d: toString d.executable) distinct; }
+        else {
+          inherit executable;
+          inherit (p) args;
+          kind = p.type or "stdio";
+          resourceTypes = builtins.attrNames (builtins.listToAttrs (map (c: { name = c.type; value = null; }) cs));
+          stateless = [ ];
+          s = (contextOf [ executable p.args ]).s;
+        };
+    in
+    builtins.mapAttrs record (builtins.groupBy (c: c.name) commands);
+
+  providersOut = if isRoot then rootProviders else
     builtins.mapAttrs
       (name: p:
         if !builtins.isAttrs p then { invalid = builtins.typeOf p; }
@@ -221,7 +333,8 @@ let
           in
           {
             inherit executable args;
-            resourceTypes = p.resourceTypes or [ ];
+            resourceTypes = typeNames (p.resourceTypes or [ ]);
+            stateless = statelessTypes (p.resourceTypes or [ ]);
             s = if builtins.isString executable && builtins.all builtins.isString args then (contextOf [ executable args ]).s else [ ];
           })
       declared;
@@ -240,6 +353,6 @@ else {
   };
   providers = providersOut;
   # everything else first, so that no read outside a resource's evaluation comes after the start marker
-  resources = builtins.deepSeq [ providersOut (builtins.attrNames result) ]
+  resources = builtins.deepSeq [ providersOut (builtins.attrNames result) (if args.select == null then map (e: e.path) entries else null) ]
     (builtins.trace "nixgitops:start" (map evalEntry selected));
 }
