@@ -79,6 +79,8 @@ class Executor:
     """Builds what an operation refers to before its provider starts or its request goes out (``Engine``)."""
     state: dict[str, ResourceState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    """What to say of an operation that succeeded in its own way (a resource forgotten instead of deleted)."""
     reevaluated: set[str] = field(default_factory=set)
     """The resources whose inputs became known during the run (their edges are refreshed after it)."""
     reads_seen: dict[str, set[str]] = field(default_factory=dict)
@@ -165,8 +167,20 @@ class Executor:
         old = change.before
         if change.action is Action.DELETE:
             assert old is not None
-            if not old.stateless:  # a stateless resource has nothing to delete: it is forgotten (docs/nixops4.md)
+            if old.stateless:  # a stateless resource has nothing to delete: it is forgotten (docs/nixops4.md)
+                self.notes[old.path] = "forgotten: a stateless resource has nothing to delete"
+                return None
+            try:
                 self._destroy(old)
+            except ProviderError as exc:
+                if exc.fatal or not protocol.cannot_delete(str(exc)):
+                    raise
+                # NixOps4's providers cannot delete (main: no such request; tfproto: "not implemented"): the
+                # resource is left as it is and forgotten, so that the deployment is never stuck (docs/nixops4.md)
+                self.notes[old.path] = (
+                    f"forgotten, not deleted: provider {old.provider!r} cannot delete a {old.resource_type!r};"
+                    " whatever it made is left as it is (remove it by hand if it must go)"
+                )
             return None
         assert desired is not None
         if desired.stateless:  # made again, never updated: NixOps4's createResourceRequest with isStateful false
@@ -294,7 +308,7 @@ class Executor:
             self.state.pop(path, None)
         else:
             self.state[path] = result
-        self._finish(path, action, "ok", seconds=seconds)
+        self._finish(path, action, "ok", self.notes.pop(path, ""), seconds=seconds)
         return True
 
     def _converge(

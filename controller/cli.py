@@ -226,6 +226,8 @@ def _report(event: Event) -> None:
         print(f"{event.path}: {doing}...", flush=True)
     elif event.kind == "ok" and event.action is not Action.NOOP:
         print(f"{event.path}: {done} complete after {event.seconds:.2f}s", flush=True)
+        if event.message:
+            print(f"Warning: {event.path}: {event.message}", file=sys.stderr, flush=True)
     elif event.kind == "failed":
         print(f"{event.path}: {done} FAILED", flush=True)
         print(f"Error: {event.path}: {event.message}", file=sys.stderr, flush=True)

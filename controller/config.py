@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller import paths
 from controller.errors import UserError
 from controller.model import EvalLimits, NixSettings
 
@@ -60,6 +61,8 @@ class DeploymentConfig:
     """The attribute path of the output of the repository's flake that holds the deployment (instead of
     ``file``)."""
     nix: NixSettings = field(default_factory=NixSettings)
+    member: str | None = None
+    """A member path (``controller.paths``): this deployment is that member's subtree only."""
 
     @property
     def state_url(self) -> str:
@@ -194,17 +197,22 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
             f"{path} must declare at least one deployment: a [deployments.<name>] table with `repository`."
         )
     deployments: dict[str, DeploymentConfig] = {}
-    writers: dict[tuple[str, str], str] = {}
+    writers: dict[tuple[str, str], list[DeploymentConfig]] = {}
     for name, table in tables.items():
         deployment = _deployment(name, table, path, where)
         key = (deployment.state_url.rstrip("/"), deployment.state_branch)
-        if key in writers:
+        for other in writers.get(key, []):
+            # deployments of distinct members of one repository may share a state branch: each writes only its
+            # own directory, and takes the other's commits before it pushes (controller/reconciler.py)
+            if _distinct_members(deployment, other):
+                continue
             raise ConfigError(
-                f"{where('deployments.' + name + '.state_branch')}: deployments {writers[key]!r} and {name!r} would"
+                f"{where('deployments.' + name + '.state_branch')}: deployments {other.name!r} and {name!r} would"
                 f" both write the state branch {deployment.state_branch!r} of {deployment.state_url}; give each its"
-                ' own state_branch (for example "nixgitops/state-' + name + '").'
+                ' own state_branch (for example "nixgitops/state-' + name + '"), or make each deploy its own'
+                " `member` of the same repository."
             )
-        writers[key] = name
+        writers.setdefault(key, []).append(deployment)
         deployments[name] = deployment
     server = _server(data.get("server", {}), where)
     receivers = _receivers(data.get("receivers", {}), deployments, where)
@@ -282,9 +290,17 @@ KEYS = {
     "allowed_paths",
     "nix_path",
     "flake",
+    "member",
     "nix_options",
     "build_timeout",
 }
+
+
+def _distinct_members(one: DeploymentConfig, other: DeploymentConfig) -> bool:
+    """Whether two deployments deploy members of one repository that do not contain each other."""
+    if one.member is None or other.member is None or one.repository.rstrip("/") != other.repository.rstrip("/"):
+        return False
+    return not paths.within(one.member, other.member) and not paths.within(other.member, one.member)
 
 
 def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConfig:
@@ -378,6 +394,14 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
             f"{where(prefix + '.' + ignored[0])} has no effect with `flake`: a flake is evaluated purely, and reads"
             " only its own files and the inputs its flake.lock pins. Make what it needs a flake input."
         )
+    member = text("member", None)
+    if member is not None:
+        try:
+            member = paths.render(paths.parse(member))
+        except UserError as exc:
+            raise ConfigError(f"{where(prefix + '.member')}: {exc}") from None
+        if not member:
+            raise ConfigError(f"{where(prefix + '.member')} is empty; leave it out to deploy every member.")
     nix = NixSettings(
         options=tuple((k, _nix_value(v)) for k, v in options.items()),
         build_timeout=duration(table.get("build_timeout", "30m"), where(prefix + ".build_timeout")),
@@ -407,6 +431,7 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         evaluation=evaluation,
         flake=flake,
         nix=nix,
+        member=member,
     )
 
 

@@ -9,6 +9,7 @@ specifies the protocol and controller/schema/provider-protocol-v0.json is its JS
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -116,3 +117,13 @@ def response(request_kind: str, **body: Any) -> dict[str, Any]:
 
 def error_response(message: str) -> dict[str, Any]:
     return {ERROR: {"message": message}}
+
+
+# How NixOps4's local provider says it cannot delete: its main branch does not know the request (it prints a parse
+# error and exits), its tfproto branch answers "Destroy not implemented by resource provider".
+_CANNOT_DELETE = re.compile(r"unknown variant `destroyResourceRequest`|destroy not implemented", re.IGNORECASE)
+
+
+def cannot_delete(error: str) -> bool:
+    """Whether a failed ``destroyResourceRequest`` failed because the provider does not implement deleting."""
+    return _CANNOT_DELETE.search(error) is not None

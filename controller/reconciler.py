@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pygit2
+
 from controller import failpoints
 from controller.apply import Event
 from controller.config import Config, DeploymentConfig
@@ -47,6 +49,7 @@ from controller.source import BranchMissing, Cache, SourceUnavailable, redact, r
 from controller.state_branch import StateBranch
 
 RETRY = {"failed", "unavailable", "busy"}
+SHARED_RETRIES = 5  # pushes of one run, each after taking what other deployments sharing the state branch pushed
 
 
 @dataclass
@@ -387,6 +390,7 @@ class Reconciler:
                 evaluation=d.evaluation,
                 nix=d.nix,
                 flake=f".#{d.flake}" if d.flake is not None else None,
+                member=d.member,
             ),
             repo=self.state_cache.repo,
             entry_file=checkout / ("flake.nix" if d.flake is not None else d.file),
@@ -505,6 +509,8 @@ class Reconciler:
             if ours:  # we pushed it, but died (or lost the reply) before recording that
                 self.state_cache.repo.references.create(self._pushed_ref, remote, force=True)
                 pushed = remote
+        if remote != pushed and remote is not None and self._take_others(remote):
+            return
         if remote != pushed:
             where = f"{d.state_branch!r} in {redact(d.state_url)}"
             what = "was deleted" if remote is None else f"moved to {remote[:12]}"
@@ -518,6 +524,47 @@ class Reconciler:
             self._flag(self.stall_flag, message)
             raise Stop("conflict", message)
 
+    def _take_others(self, remote: str) -> bool:
+        """Deployments may share a state branch, each in its own directory (``member`` makes one repository hold
+        several). When the remote branch moved past what this one pushed only in other deployments' directories,
+        take their commits, and replay this deployment's commits that are not pushed yet on top (each changes only
+        its own directory). False when the remote changed this deployment's directory, or went backwards: then
+        another writer exists."""
+        d, cache = self.deployment, self.state_cache
+        pushed, local = self._local(self._pushed_ref), self._local(self._state_ref)
+        theirs = f"refs/nixgitops/remote/{d.state_branch}"
+        cache.fetch(d.state_url, self._state_ref, theirs)
+        if cache.ref(theirs) != remote or (pushed is not None and not cache.descends(remote, pushed)):
+            return False
+        repo = cache.repo
+
+        def own(commit: str | None) -> str | None:
+            tree = repo[commit].peel(pygit2.Tree) if commit is not None else None
+            return str(tree[d.name].id) if tree is not None and d.name in tree else None
+
+        if own(remote) != own(pushed):
+            return False
+        mine: list[pygit2.Commit] = []  # unpushed, oldest last
+        if local is not None:
+            for commit in repo.walk(local, pygit2.enums.SortMode.TOPOLOGICAL):
+                if pushed is not None and str(commit.id) == pushed:
+                    break
+                mine.append(commit)
+        base = remote
+        for commit in reversed(mine):
+            builder = repo.TreeBuilder(repo[base].peel(pygit2.Tree))
+            if d.name in commit.tree:
+                builder.insert(d.name, commit.tree[d.name].id, pygit2.enums.FileMode.TREE)
+            elif builder.get(d.name) is not None:
+                builder.remove(d.name)
+            tree = builder.write()
+            base = str(repo.create_commit(None, commit.author, commit.committer, commit.message, tree, [base]))
+        repo.references.create(self._state_ref, base, force=True)
+        repo.references.create(self._pushed_ref, remote, force=True)
+        if self.log is not None:
+            self.log(f"[{d.name}] the state branch moved in other deployments' directories only: continued on top")
+        return True
+
     def _push(self, record: Run) -> None:
         d = self.deployment
         local, pushed = self._local(self._state_ref), self._local(self._pushed_ref)
@@ -526,6 +573,13 @@ class Reconciler:
         started = time.monotonic()
         failpoints.hit("push")
         refused = self.state_cache.push(d.state_url, local, self._state_ref, pushed)
+        for _ in range(SHARED_RETRIES):  # another deployment sharing the branch pushed in between: on top of it
+            remote = remote_ref(d.state_url, self._state_ref) if refused is not None else None
+            if remote is None or not self._take_others(remote):
+                break
+            local, pushed = self._local(self._state_ref), self._local(self._pushed_ref)
+            assert local is not None
+            refused = self.state_cache.push(d.state_url, local, self._state_ref, pushed)
         self._timed(record, "push", started)
         if refused is not None:
             message = (

@@ -53,9 +53,11 @@ def _remember(key: tuple[str, str, str], state: dict[str, ResourceState]) -> Non
 
 def record_location(path: str) -> tuple[str, str]:
     """Where the record of resource ``path`` lives under ``resources/``: in one of 256 directories named by the
-    first two hex digits of the SHA-1 of the path, as ``<path>.json``. Each tree stays small, so recording one
+    first two hex digits of the SHA-1 of the path, as ``<path>.json`` (``%``, ``/`` and NUL written ``%25``, ``%2F``,
+    ``%00``). Each tree stays small, so recording one
     change costs the same in a deployment of 10 resources as in one of 10,000."""
-    return hashlib.sha1(path.encode()).hexdigest()[:2], f"{path}.json"
+    name = path.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")  # a member name may hold any of these
+    return hashlib.sha1(path.encode()).hexdigest()[:2], f"{name}.json"
 
 
 def _records(resources: pygit2.Tree) -> Iterator[tuple[str, pygit2.Object]]:

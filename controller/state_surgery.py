@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller import paths
 from controller.errors import UserError
-from controller.evaluation import PATH
 from controller.journal import Journal
 from controller.model import ResourceState
 from controller.state_branch import StateBranch
@@ -36,13 +36,16 @@ class Surgery:
 
 def _members(state: Iterable[str], prefix: str) -> list[str]:
     """The resources inside the composite ``prefix``."""
-    return sorted(p for p in state if p.startswith(prefix + "."))
+    return sorted(p for p in state if p != prefix and paths.within(p, prefix))
 
 
 def _prefixes(path: str) -> list[str]:
     """``a.b.c``, and the composites it is in: ``a.b``, ``a``."""
-    parts = path.split(".")
-    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    try:
+        parts = paths.parse(path)
+    except UserError:
+        return [path]
+    return [paths.render(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
 def _unknown(path: str, known: Iterable[str], deployment: str) -> UserError:
@@ -95,8 +98,11 @@ def move(
     state: Mapping[str, ResourceState], old: str, new: str, *, journaled: Iterable[str] = (), deployment: str
 ) -> Surgery:
     """Rename ``old`` to ``new`` (a composite: every member under it), and every record's dependencies on it."""
-    if not PATH.match(new):
-        raise UserError(f"{new!r} is not a valid member path: dotted names of letters, digits, _, ' and -.")
+    if not new or paths.render(paths.parse(new)) != new:
+        raise UserError(
+            f"{new!r} is not a member path as nixgitops writes it: names joined by dots, a name other than letters,"
+            ' digits, _, \' and - in double quotes (a."file.txt").'
+        )
     if old == new:
         raise UserError(f"{old!r} and {new!r} are the same path; nothing to move.")
     busy = sorted(p for p in journaled if p in (old, new) or p.startswith((old + ".", new + ".")))

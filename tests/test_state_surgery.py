@@ -127,7 +127,7 @@ def test_mv_never_overwrites(applied: Checkout) -> None:
     commits = len(applied.state_log())
     assert_clean_error(applied.run("state", "mv", "memo", "motd"), "'motd' is already in state")
     assert_clean_error(applied.run("state", "mv", "memo", "site"), "'site.about' is already in state")
-    assert_clean_error(applied.run("state", "mv", "memo", "not a path"), "not a valid member path")
+    assert_clean_error(applied.run("state", "mv", "memo", "not a path"), "is not a plain name")
     assert len(applied.state_log()) == commits
 
 
