@@ -146,7 +146,10 @@ ROOT_FLAKE = """{
         members.all = { members, ... }: {
           members.store = { type = providers.local.state_file; inputs.name = "state.json"; };
           members."f.txt" = { type = providers.local.file; inputs = { name = "f.txt"; contents = "CONTENTS"; }; };
-          members.e = { type = providers.local.exec; inputs = { executable = "/bin/sh"; args = [ "-c" "echo ECHO" ./flake.nix ]; }; };
+          members.e = {
+            type = providers.local.exec;
+            inputs = { executable = "/bin/sh"; args = [ "-c" "echo ECHO" ./flake.nix ]; };
+          };
           members.m = { type = providers.local.memo; state = members.store; inputs.initialize_with = MEMO; };
         };
       };
