@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 LOCAL_PROVIDER: Final = "local"
-LOCAL_RESOURCE_TYPES: Final = ("file", "exec", "memo")
+LOCAL_RESOURCE_TYPES: Final = ("file", "exec", "memo", "state_file")
 
 
 class Marker:

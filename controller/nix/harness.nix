@@ -173,7 +173,7 @@ let
   providerTypes =
     builtins.mapAttrs
       (name: p: builtins.listToAttrs (map (t: { name = t; value = "${name}.${t}"; }) (typeNames (p.resourceTypes or [ ]))))
-      (declared // { local = { resourceTypes = [ "file" "exec" "memo" ]; }; });
+      (declared // { local = { resourceTypes = [ "file" "exec" "memo" "state_file" ]; }; });
 
   # Every resource, as { path = "a.b"; names = [ "a" "b" ]; decl; }, in sorted order.
   # A member whose kind (resource or composite) or whose set of members cannot be computed, because it reads an
