@@ -19,7 +19,7 @@ from typing import Any, TextIO, cast
 
 from controller import __version__, paths
 from controller.apply import Event
-from controller.engine import Engine, Planned, RunResult, Settings
+from controller.engine import STRUCTURE_ROUNDS, Engine, Planned, RunResult, Settings
 from controller.errors import NixgitopsError, StateError, UserError
 from controller.journal import read_entries
 from controller.model import EvalLimits, NixSettings
@@ -352,9 +352,6 @@ def _run(args: argparse.Namespace, *, destroy: bool) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-STRUCTURE_ROUNDS = 10  # applies of one `apply`, each after the structure that outputs decided became known
 
 
 def _held(planned: Planned) -> int:

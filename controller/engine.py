@@ -164,6 +164,11 @@ def _mark_read(
             state[path] = replace(found, read=True)
 
 
+STRUCTURE_ROUNDS = 10
+"""Applies in one run at most, each after the structure that outputs decide became known (NixOps4's structural
+dependencies): the plan, the apply, then a plan of what the applied outputs revealed."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where a deployment lives and how to run it (the command line fills these in)."""

@@ -38,7 +38,7 @@ from controller import failpoints
 from controller.apply import Event
 from controller.config import Config, DeploymentConfig
 from controller.drift import detect
-from controller.engine import Engine, Settings
+from controller.engine import STRUCTURE_ROUNDS, Engine, Settings
 from controller.errors import EmptyDeploymentError, NixgitopsError, UserError
 from controller.metrics import Metrics
 from controller.plan_render import plan_json
@@ -435,20 +435,37 @@ class Reconciler:
             raise Stop("planned", f"plan only: {sum(v for k, v in record.counts.items() if k != 'noop')} change(s)")
 
         started = time.monotonic()
-        if plan.has_changes:
+        committing, outcome, message = 0.0, "no-change", "nothing to do"
+        made: set[str] = set()  # stateless resources made in an earlier round of this run
+        for round_ in range(STRUCTURE_ROUNDS):
+            if not plan.has_changes:
+                state = engine.load_state()
+                began = time.monotonic()  # what unchanged resources read may have changed: their records are written
+                commit = engine.commit(state, {**state, **planned.refresh}, {}, providers=planned.providers)
+                record.state_commit = commit or record.state_commit
+                committing += time.monotonic() - began
+                break
             result = engine.apply(replace(planned, plan=plan), report=self._operation(plan))
-            record.counts = result.counts
-            record.state_commit = result.commit
+            record.counts = (
+                result.counts if round_ == 0 else {k: record.counts.get(k, 0) + v for k, v in result.counts.items()}
+            )
+            record.state_commit = result.commit or record.state_commit
             outcome = "success" if result.ok else "failed"
             failures = [f"{o.path}: {o.message}" for o in result.outcomes.values() if o.status == "failed"]
             message = "; ".join(failures)[:2000]
-            committing = result.commit_seconds
+            committing += result.commit_seconds
+            if not result.ok or not plan.structural or planned.held:
+                break
+            # the structure that outputs decided is known now: plan what it holds, and apply that too
+            made.update(p for p, r in planned.desired.items() if r.stateless)
+            try:
+                planned = engine.plan(allow_empty=d.allow_empty or not d.prune, made=made)
+            except UserError as exc:
+                outcome, message = "failed", f"planning again once outputs were known: {exc}"[:2000]
+                break
+            plan = planned.plan if d.prune else without_deletes(planned.plan)
         else:
-            state = engine.load_state()
-            began = time.monotonic()  # what unchanged resources read may have changed: their records are written
-            record.state_commit = engine.commit(state, {**state, **planned.refresh}, {}, providers=planned.providers)
-            committing = time.monotonic() - began
-            outcome, message = "no-change", "nothing to do"
+            outcome, message = "failed", f"the structure still depends on outputs after {STRUCTURE_ROUNDS} rounds"
         if planned.held:  # operations that are not settled held these back (Engine.plan): not everything was done
             held = "; ".join(f"{p}: {why}" for p, why in sorted(planned.held.items()))
             outcome, message = "failed", "; ".join(m for m in (message if outcome == "failed" else "", held) if m)

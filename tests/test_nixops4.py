@@ -198,10 +198,11 @@ def server(tmp_path: Path) -> Iterator[GitServer]:
 
 
 def configure(tmp_path: Path, url: str) -> Path:
-    """Two deployments of one repository and one state branch, each one member of NixOps4's root."""
+    """Three deployments of one repository and one state branch, each one member of NixOps4's root."""
     config = tmp_path / "nixgitops.toml"
     text = f'[controller]\ndata_dir = "{tmp_path / "data"}"\n\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
-    for name, member in (("hello", "myDeployment"), ("stateful", "statefulDeployment")):
+    members = (("hello", "myDeployment"), ("stateful", "statefulDeployment"), ("structural", "dynamicKind"))
+    for name, member in members:
         text += (
             f'\n[deployments.{name}]\nrepository = "{url}"\ninterval = "1h"\ndrift_interval = "off"\n'
             f'flake = "nixops4"\nmember = "{member}"\nnix_options = {{ substituters = "" }}\n'
@@ -246,14 +247,28 @@ def test_nixops4_integration_deployment_from_the_controller(tmp_path: Path, serv
     assert "My initial version: 1" in (data / "stateful" / "initial-version.md").read_text()
     reconcile("hello")  # and the first deployment goes on over the other's new commits
 
+    # Structure that depends on outputs: one run applies the selector, then what its output revealed
+    reconcile("structural")
+    status = subprocess.run(
+        [sys.executable, "-m", "controller", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (run,) = [s for s in json.loads(status.stdout) if s["deployment"] == "structural"]
+    assert run["lastRun"]["counts"]["create"] == 3, run  # selector and stateFile, then dynamicMember
+
     # One state branch, each deployment in its own directory, each holding only its own member's resources
     names = [n for n in git(dev.bare, "ls-tree", "-r", "-z", "--name-only", "nixgitops/state").split("\0") if n]
-    assert {n.split("/")[0] for n in names} == {"hello", "stateful"}
+    assert {n.split("/")[0] for n in names} == {"hello", "stateful", "structural"}
     records = [n for n in names if "/resources/" in n]
     assert records
     for name in records:
         owner, record = name.split("/")[0], Path(name).name
-        assert record.startswith("myDeployment." if owner == "hello" else "statefulDeployment."), name
+        prefix = {"hello": "myDeployment.", "stateful": "statefulDeployment.", "structural": "dynamicKind."}
+        assert record.startswith(prefix[owner]), name
     assert 'myDeployment."file.txt".json' in {Path(n).name for n in records}
+    assert "dynamicKind.dynamicMember.json" in {Path(n).name for n in records}
     log = git(dev.bare, "log", "--format=%s", "nixgitops/state")
     assert len(re.findall(r"^Apply ", log, re.MULTILINE)) >= 4, log
