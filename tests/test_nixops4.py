@@ -21,7 +21,6 @@ tests/test_dependency_edges.py.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -197,12 +196,24 @@ def server(tmp_path: Path) -> Iterator[GitServer]:
     srv.stop()
 
 
+# controller deployment -> the member of NixOps4's root it deploys (all of them share one state branch)
+MEMBERS = {
+    "hello": "myDeployment",
+    "failing": "failingDeployment",
+    "stateful": "statefulDeployment",
+    "nested": "nestedDeployment",
+    "unreferenced": "unreferencedNesting",
+    "structural-composites": "structuralDeploymentsAttr",
+    "structural-resources": "structuralResourcesAttr",
+    "dynamic": "dynamicKind",
+}
+
+
 def configure(tmp_path: Path, url: str) -> Path:
-    """Three deployments of one repository and one state branch, each one member of NixOps4's root."""
+    """One controller deployment per member of NixOps4's root, one repository and one state branch."""
     config = tmp_path / "nixgitops.toml"
     text = f'[controller]\ndata_dir = "{tmp_path / "data"}"\n\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
-    members = (("hello", "myDeployment"), ("stateful", "statefulDeployment"), ("structural", "dynamicKind"))
-    for name, member in members:
+    for name, member in MEMBERS.items():
         text += (
             f'\n[deployments.{name}]\nrepository = "{url}"\ninterval = "1h"\ndrift_interval = "off"\n'
             f'flake = "nixops4"\nmember = "{member}"\nnix_options = {{ substituters = "" }}\n'
@@ -218,9 +229,9 @@ def test_nixops4_integration_deployment_from_the_controller(tmp_path: Path, serv
     git(world.work, "push", "-q", server.url("infra.git"), "HEAD:refs/heads/main")
     config = configure(tmp_path, server.url("infra.git"))
 
-    def reconcile(name: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "controller", "reconcile", name, "--config", str(config)],
+    def controller(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controller", *args, "--config", str(config)],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -228,47 +239,79 @@ def test_nixops4_integration_deployment_from_the_controller(tmp_path: Path, serv
             env=world.env,
             stdin=subprocess.DEVNULL,
         )
+
+    def reconcile(name: str) -> subprocess.CompletedProcess[str]:
+        done = controller("reconcile", name)
         assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
         assert f"{name}: success" in done.stdout, done.stdout
         return done
 
-    data = tmp_path / "data" / "work"
+    def last_run(name: str) -> dict[str, Any]:
+        status = json.loads(controller("status", "--json").stdout)
+        (found,) = [s for s in status if s["deployment"] == name]
+        return found["lastRun"]  # type: ignore[no-any-return]
+
+    def value(name: str, path: str) -> Any:
+        found = [n for n in records() if n.startswith(f"{name}/") and Path(n).name == f"{path}.json"]
+        assert len(found) == 1, (path, found)
+        return json.loads(git(dev.bare, "show", f"nixgitops/state:{found[0]}"))["outputs"].get("value")
+
+    def records() -> list[str]:
+        listed = git(dev.bare, "ls-tree", "-r", "-z", "--name-only", "nixgitops/state").split("\0")
+        return [n for n in listed if "/resources/" in n]
+
+    data = tmp_path / "data" / "work"  # each deployment's providers run in data/work/<deployment>
+
+    # BASIC STATELESS DEPLOYMENT
     reconcile("hello")
     assert (data / "hello" / "file.txt").read_text().rstrip("\n") == "Hallo wereld"
-    reconcile("stateful")  # the state branch another deployment pushed: it continues on top
-    assert "We're now at version 1." in (data / "stateful" / "current-version.md").read_text()
 
-    # A pushed commit changes the version: the controller applies it; the memo keeps the initial version
+    # FAILING DEPLOYMENT: the run fails, names the resource, forwards the provider's message; nothing is written
+    failed = controller("reconcile", "failing")
+    assert failed.returncode == 1 and "failing: failed" in failed.stdout, failed.stdout + failed.stderr
+    assert "oh no, this and that failed" in failed.stderr
+    assert "failingDeployment.hello" in last_run("failing")["message"]
+    assert not (data / "failing" / "file.txt").exists()
+
+    # STATEFUL DEPLOYMENT: version 1, then a pushed commit with version 2; the memo keeps the initial version
+    reconcile("stateful")
+    assert "We're now at version 1." in (data / "stateful" / "current-version.md").read_text()
     git(world.work, "pull", "-q", "--no-rebase", server.url("infra.git"), "main")
     world.edit("currentVersion = 1;", "currentVersion = 2;")
     git(world.work, "push", "-q", server.url("infra.git"), "HEAD:refs/heads/main")
     reconcile("stateful")
     assert "We're now at version 2." in (data / "stateful" / "current-version.md").read_text()
     assert "My initial version: 1" in (data / "stateful" / "initial-version.md").read_text()
-    reconcile("hello")  # and the first deployment goes on over the other's new commits
+    reconcile("hello")  # the first deployment goes on over the others' new commits on the shared branch
 
-    # Structure that depends on outputs: one run applies the selector, then what its output revealed
-    reconcile("structural")
-    status = subprocess.run(
-        [sys.executable, "-m", "controller", "status", "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    (run,) = [s for s in json.loads(status.stdout) if s["deployment"] == "structural"]
-    assert run["lastRun"]["counts"]["create"] == 3, run  # selector and stateFile, then dynamicMember
+    # UNREFERENCED NESTED DEPLOYMENT
+    reconcile("unreferenced")
+    assert value("unreferenced", "unreferencedNesting.orphan.orphanedResource") == "orphan-value"
 
-    # One state branch, each deployment in its own directory, each holding only its own member's resources
-    names = [n for n in git(dev.bare, "ls-tree", "-r", "-z", "--name-only", "nixgitops/state").split("\0") if n]
-    assert {n.split("/")[0] for n in names} == {"hello", "stateful", "structural"}
-    records = [n for n in names if "/resources/" in n]
-    assert records
-    for name in records:
-        owner, record = name.split("/")[0], Path(name).name
-        prefix = {"hello": "myDeployment.", "stateful": "statefulDeployment.", "structural": "dynamicKind."}
-        assert record.startswith(prefix[owner]), name
-    assert 'myDeployment."file.txt".json' in {Path(n).name for n in records}
-    assert "dynamicKind.dynamicMember.json" in {Path(n).name for n in records}
-    log = git(dev.bare, "log", "--format=%s", "nixgitops/state")
-    assert len(re.findall(r"^Apply ", log, re.MULTILINE)) >= 4, log
+    # STRUCTURAL DEPENDENCIES and DYNAMIC MEMBER KIND: one run applies the selector, then what its output revealed
+    for name, path, expected in (
+        ("structural-composites", "structuralDeploymentsAttr.conditionalChild.childResource", "child-value"),
+        ("structural-resources", "structuralResourcesAttr.child.conditionalResource", "conditional-value"),
+        ("dynamic", "dynamicKind.dynamicMember", "I am a resource"),
+    ):
+        reconcile(name)
+        assert value(name, path) == expected
+        assert last_run(name)["counts"]["create"] == 3, last_run(name)  # selector and state file, then the member
+
+    # NESTED DEPLOYMENTS: values through nested composites; memos keep them when a pushed commit changes inputs
+    reconcile("nested")
+    assert value("nested", "nestedDeployment.deploymentSummary") == SUMMARY
+    world.edit('inputs.initialize_with = "v1.0.0"', 'inputs.initialize_with = "v2.0.0"')
+    world.edit('inputs.initialize_with = "nested-static-v1"', 'inputs.initialize_with = "nested-static-v2"')
+    git(world.work, "push", "-q", server.url("infra.git"), "HEAD:refs/heads/main")
+    reconcile("nested")
+    assert value("nested", "nestedDeployment.deploymentSummary") == SUMMARY
+    assert value("nested", "nestedDeployment.frontend.staticVersion") == "nested-static-v1"
+
+    # One state branch, each deployment in its own directory, holding only its own member's resources
+    owners = {n.split("/")[0] for n in records()}
+    assert owners == set(MEMBERS) - {"failing"}, owners  # the failing run created nothing
+    for name in records():
+        owner = name.split("/")[0]
+        assert Path(name).name.startswith(MEMBERS[owner] + "."), name
+    assert 'myDeployment."file.txt".json' in {Path(n).name for n in records()}
