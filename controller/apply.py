@@ -80,6 +80,8 @@ class Executor:
     state: dict[str, ResourceState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    outside: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Outputs of resources outside the deployed member: known, never changed (``Planned.outside``)."""
     """What to say of an operation that succeeded in its own way (a resource forgotten instead of deleted)."""
     reevaluated: set[str] = field(default_factory=set)
     """The resources whose inputs became known during the run (their edges are refreshed after it)."""
@@ -163,30 +165,35 @@ class Executor:
         message = protocol.destroy_request(old.resource_type, old.inputs, old.outputs)
         self._call(old.provider, message, what, old.path, None)
 
+    def _destroy_or_forget(self, old: ResourceState) -> None:
+        """Delete ``old``; a stateless resource has nothing to delete, and one whose provider cannot delete
+        (NixOps4's local provider: its main branch does not know the request, its tfproto branch answers "not
+        implemented") is left as it is: both are forgotten, so that the deployment is never stuck
+        (docs/nixops4.md). Any other failure raises."""
+        if old.stateless:
+            self.notes[old.path] = "forgotten: a stateless resource has nothing to delete"
+            return
+        try:
+            self._destroy(old)
+        except ProviderError as exc:
+            if exc.fatal or not protocol.cannot_delete(str(exc)):
+                raise
+            self.notes[old.path] = (
+                f"forgotten, not deleted: provider {old.provider!r} cannot delete a {old.resource_type!r}; whatever"
+                " it made is left as it is (remove it by hand if it must go)"
+            )
+
     def _operate(self, change: Change, desired: DesiredResource | None, deps: frozenset[str]) -> ResourceState | None:
         old = change.before
         if change.action is Action.DELETE:
             assert old is not None
-            if old.stateless:  # a stateless resource has nothing to delete: it is forgotten (docs/nixops4.md)
-                self.notes[old.path] = "forgotten: a stateless resource has nothing to delete"
-                return None
-            try:
-                self._destroy(old)
-            except ProviderError as exc:
-                if exc.fatal or not protocol.cannot_delete(str(exc)):
-                    raise
-                # NixOps4's providers cannot delete (main: no such request; tfproto: "not implemented"): the
-                # resource is left as it is and forgotten, so that the deployment is never stuck (docs/nixops4.md)
-                self.notes[old.path] = (
-                    f"forgotten, not deleted: provider {old.provider!r} cannot delete a {old.resource_type!r};"
-                    " whatever it made is left as it is (remove it by hand if it must go)"
-                )
+            self._destroy_or_forget(old)
             return None
         assert desired is not None
         if desired.stateless:  # made again, never updated: NixOps4's createResourceRequest with isStateful false
             paths = self.prepare(desired.provider, desired) if self.prepare is not None else ()
-            if change.action is Action.REPLACE and old is not None and not old.stateless:
-                self._destroy(old)
+            if change.action is Action.REPLACE and old is not None:
+                self._destroy_or_forget(old)
             record = self._record(desired, {}, deps, paths)
             request = protocol.create_request(desired.resource_type, desired.inputs, is_stateful=False)
             what = f"createResourceRequest for {desired.path!r}"
@@ -205,7 +212,7 @@ class Executor:
         paths = self.prepare(desired.provider, desired) if self.prepare is not None else ()  # before a destroy
         if change.action is Action.REPLACE:
             assert old is not None
-            self._destroy(old)
+            self._destroy_or_forget(old)
         what = f"createResourceRequest for {desired.path!r}"
         record = self._record(desired, {}, deps, paths)
         try:
@@ -354,7 +361,7 @@ class Executor:
                 waiting_on.setdefault(blocker, set()).add(path)
 
         # final outputs: those of resources that do not change in this run, and of each one that settles
-        known = KnownOutputs({p: s.outputs for p, s in self.state.items() if p not in unsettled})
+        known = KnownOutputs({**self.outside, **{p: s.outputs for p, s in self.state.items() if p not in unsettled}})
 
         def settled(path: str) -> None:
             nonlocal stale

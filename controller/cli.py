@@ -334,7 +334,8 @@ def _run(args: argparse.Namespace, *, destroy: bool) -> int:
                         print(f"Recorded the new command of {len(planned.plan.providers)} provider(s).")
                 return _held(planned)
             verb = "destroy" if destroy else "apply"
-            if round_ == 1:
+            destroys = any(c.action in (Action.DELETE, Action.REPLACE) for c in planned.plan.changes)
+            if round_ == 1 or destroys:  # a later round creates what the structure revealed; it asks to destroy
                 _confirm(args, verb)
             result = engine.apply(planned, report=_report)
             code = max(_finish(result, engine, verb, held=len(planned.held)), _held(planned))

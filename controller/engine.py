@@ -25,7 +25,7 @@ from controller.evaluation import Evaluation, NixEvaluator
 from controller.graph import closure, describe_cycle, find_cycle, invert
 from controller.journal import Journal, read_entries, unresolved
 from controller.model import DesiredResource, EvalLimits, NixSettings, ProviderSpec, ResourceState
-from controller.planning import Action, Plan
+from controller.planning import Action, Change, Plan
 from controller.provider_client import Providers
 from controller.recovery import held_back, recover
 from controller.state_branch import (
@@ -60,15 +60,20 @@ class Planned:
     refresh: Mapping[str, ResourceState] = field(default_factory=dict)
     """Records of unchanged resources to write again, without provider call: new edges, the mark of being read
     (``planning.refreshed``). An apply writes them even when the plan has no change."""
+    outside: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The outputs of resources outside the deployed member (other deployments on a shared state branch):
+    readable, never changed."""
 
 
 def check_providers(plan: Plan, providers: Mapping[str, ProviderSpec], entry: str) -> None:
     """Refuse a plan that must call a provider the deployment no longer declares."""
-    orphans = sorted(
-        f"  - {c.path} ({c.type})" for c in plan.changes if c.action is not Action.NOOP and c.provider not in providers
-    )
+
+    def calls(c: Change) -> bool:  # (deleting a stateless resource calls no provider)
+        return c.action is not Action.NOOP and not (c.action is Action.DELETE and c.before and c.before.stateless)
+
+    orphans = sorted(f"  - {c.path} ({c.type})" for c in plan.changes if calls(c) and c.provider not in providers)
     if orphans:
-        names = sorted({c.provider for c in plan.changes if c.provider not in providers})
+        names = sorted({c.provider for c in plan.changes if calls(c) and c.provider not in providers})
         raise DeploymentError(
             "These resources need a provider that the deployment no longer declares:\n"
             + "\n".join(orphans)
@@ -86,6 +91,8 @@ def compute_plan(
     source_commit: str | None = None,
     member: str | None = None,
     made: Collection[str] = (),
+    recorded: Mapping[str, Any] | None = None,
+    outside: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Planned:
     """Evaluate until stable and plan; raises for cycles and for plans that destroy protected resources.
 
@@ -108,7 +115,7 @@ def compute_plan(
     reorder: dict[str, str] | None = None
     while True:
         passes += 1
-        known = {p: dict(s.outputs) for p, s in state.items() if p not in unknown}
+        known = {**(outside or {}), **{p: dict(s.outputs) for p, s in state.items() if p not in unknown}}
         answer = evaluator.evaluate(known)
         if reorder is None:  # from the first pass, where every recorded output is known
             reorder = planning.out_of_order(answer.resources, state)
@@ -135,13 +142,37 @@ def compute_plan(
             " No order can apply them; remove one of these reads."
         )
     planning.check_protected(plan, entry)
-    check_providers(plan, answer.providers, entry)
+    providers = answer.providers
+    if answer.root and recorded:  # a root names no provider its resources do not use: deletes use the recorded
+        providers = _recorded_providers(plan, providers, recorded, scoped)
+    check_providers(plan, providers, entry)
     # last: the refusals above are not lifted by allow_empty, so they are reported first
     planning.check_empty_deployment(
         plan, answer.resources, entry, commit=source_commit, allow=allow_empty or bool(answer.structural)
     )
     refresh = planning.refreshed(plan, answer.resources, state)
-    return Planned(plan, answer.resources, dependencies, answer.providers, state, passes, refresh=refresh)
+    return Planned(
+        plan, answer.resources, dependencies, providers, state, passes, refresh=refresh, outside=dict(outside or {})
+    )
+
+
+def _recorded_providers(
+    plan: Plan,
+    providers: Mapping[str, ProviderSpec],
+    recorded: Mapping[str, Any],
+    state: Mapping[str, ResourceState],
+) -> dict[str, ProviderSpec]:
+    """``providers`` with, for each provider that a delete needs and that no resource names any more, the command
+    recorded at the last apply (a NixOps4 root has no list of providers of its own)."""
+    found = dict(providers)
+    for change in plan.changes:
+        name = change.provider
+        command = recorded.get(name)
+        if change.action is not Action.DELETE or name in found or not isinstance(command, Mapping):
+            continue
+        types = frozenset(r.resource_type for r in state.values() if r.provider == name)
+        found[name] = ProviderSpec(name, str(command["executable"]), tuple(command.get("args") or ()), types)
+    return found
 
 
 def _mark_read(
@@ -386,6 +417,8 @@ class Engine:
             source_commit=None if self.dirty else self.source_commit,  # a dirty tree is not that commit
             member=self.settings.member,
             made=made,
+            recorded=self.store.load_meta().get("providers"),
+            outside=self._outside(),
         )
         planned = self.hold_back(planned, self.unsettled() if exclude is None else exclude)
         recorded = self.store.load_meta().get("providers")
@@ -393,6 +426,15 @@ class Engine:
             changed = planning.provider_changes(recorded, planned.providers)
             planned = replace(planned, plan=replace(planned.plan, providers=changed))
         return planned
+
+    def _outside(self) -> dict[str, Mapping[str, Any]]:
+        """With a member: the outputs recorded outside it, by this deployment and by the others on its state branch
+        (deployments of other members of the same repository)."""
+        member = self.settings.member
+        if member is None:
+            return {}
+        records = {**self.store.others(), **self.load_state()}
+        return {p: r.outputs for p, r in records.items() if not paths.within(p, member)}
 
     def _prepare(
         self, builder: Builder, providers: Mapping[str, ProviderSpec], executor: Executor
@@ -412,7 +454,7 @@ class Engine:
             if desired is not None and desired.needs:
                 with lock:
                     if missing(desired.needs):  # it became ready in a pass that wrote no derivation
-                        known = {p: s.outputs for p, s in dict(executor.state).items()}
+                        known = {**executor.outside, **{p: s.outputs for p, s in dict(executor.state).items()}}
                         self.evaluator.evaluate(known, select={desired.path}, writable=True)
                 paths += builder.realise(desired.needs, what=f"resource {desired.path!r}")
             return paths
@@ -439,7 +481,7 @@ class Engine:
         needed = {n for spec in planned.providers.values() for n in spec.needs}
         if not select and not missing(needed):
             return
-        known = {p: s.outputs for p, s in planned.state.items() if p not in moving}
+        known = {**planned.outside, **{p: s.outputs for p, s in planned.state.items() if p not in moving}}
         self.evaluator.evaluate(known, select=select, writable=True)
 
     def apply(self, planned: Planned, *, report: Callable[[Event], None] = lambda e: None) -> RunResult:
@@ -462,6 +504,7 @@ class Engine:
             report=report,
             journal=journal,
             base_rank=1 + max((s.rank for s in planned.state.values()), default=0),
+            outside=planned.outside,
         )
         builder = Builder(self.settings.nix, self.roots, log=self.log)
         if builds and planned.plan.changes:  # what is known now, in one Nix command: Nix builds it in parallel
@@ -506,7 +549,7 @@ class Engine:
         paths = {p for p in paths if executor.outcomes[p].status == "ok"}
         if not paths:
             return
-        known = {p: s.outputs for p, s in executor.state.items()}
+        known = {**executor.outside, **{p: s.outputs for p, s in executor.state.items()}}
         try:
             answer = self.evaluator.evaluate(known, select=paths)
         except NixgitopsError as exc:  # the edges seen during the run stand; the order of deletes is kept by rank
@@ -558,7 +601,10 @@ class Engine:
         title = f"Apply {source[:12]}: +{plus} ~{counts['update']} -{minus}"
         if not ok:
             title += f" ({counts['failed']} failed, {counts['skipped']} skipped)" if note is None else f" ({note})"
-        body = [f"{o.action.value} {o.path}: {o.status}" for o in sorted(outcomes.values(), key=lambda o: o.path)]
+        body = [
+            f"{o.action.value} {o.path}: {o.status}" + (f" ({o.message})" if o.status == "ok" and o.message else "")
+            for o in sorted(outcomes.values(), key=lambda o: o.path)
+        ]
         message = "\n".join(
             [
                 title,

@@ -107,6 +107,8 @@ class Evaluation:
     structural: dict[str, frozenset[str]] = field(default_factory=dict)
     """Members whose kind or set of members reads outputs not known yet (NixOps4's structural dependencies),
     each with the resources it waits for: what they hold is known only after those are applied."""
+    root: bool = False
+    """The deployment is a NixOps4 root: its providers are only those its resources name."""
 
     @property
     def dependencies(self) -> dict[str, frozenset[str]]:
@@ -190,13 +192,20 @@ def parse_traces(stderr: str) -> _Traces:
     return traces
 
 
-def _untag(key: str, known: Iterable[str]) -> str:
-    """A resource path from its taint (the harness strips the fake store path's prefix); a path with characters a
-    store path may not hold goes by its SHA-1 (``h=<hex>``), found among the ``known`` paths."""
-    if key.startswith("h="):
-        digest = key[2:]
-        return next((p for p in known if hashlib.sha1(p.encode()).hexdigest() == digest), key)
-    return key.replace("?", "'") if "?" in key else key
+class _Untag:
+    """Resource paths from their taint (the harness strips the fake store path's prefix); a path with characters a
+    store path may not hold goes by its SHA-1 (``h=<hex>``), found among the ``known`` paths (hashed once)."""
+
+    def __init__(self, known: Iterable[str]) -> None:
+        self._known = known
+        self._digests: dict[str, str] | None = None
+
+    def __call__(self, key: str) -> str:
+        if key.startswith("h="):
+            if self._digests is None:
+                self._digests = {hashlib.sha1(p.encode()).hexdigest(): p for p in self._known}
+            return self._digests.get(key[2:], key)
+        return key.replace("?", "'") if "?" in key else key
 
 
 class NixEvaluator:
@@ -333,6 +342,7 @@ class NixEvaluator:
         resources: dict[str, DesiredResource] = {}
         structural: dict[str, frozenset[str]] = {}
         nothing: frozenset[str] = frozenset()
+        untag = _Untag(known)
         for item in answer.get("resources", []):
             path = item["p"]
             if item["k"] == "structural":
@@ -347,7 +357,7 @@ class NixEvaluator:
             traced, tags = traces.reads.get(path), item.get("r")
             reads = nothing
             if traced or tags:
-                reads = frozenset((traced or set()).union(_untag(k, known) for k in tags or ()) - {path})
+                reads = frozenset((traced or set()).union(untag(k) for k in tags or ()) - {path})
             blocked = frozenset(traces.unknown[path]) if path in traces.unknown else nothing
             desired = self._resource(item, providers, blocked, reads, answer.get("markers", True))
             if item.get("s"):
@@ -357,7 +367,8 @@ class NixEvaluator:
             resources[desired.path] = desired
         if answer.get("tainted") and (traces.reads or any(r.reads for r in resources.values())):
             resources = self._untainted(args, resources)
-        return Evaluation(resources, providers, structural)
+        root = bool(answer.get("shape", {}).get("root"))
+        return Evaluation(resources, providers, structural, root)
 
     def _untainted(self, args: dict[str, Any], resources: dict[str, DesiredResource]) -> dict[str, DesiredResource]:
         """The values of the resources that refer to a derivation, from a pass without taint, when the pass read

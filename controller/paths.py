@@ -13,14 +13,14 @@ import re
 
 from controller.errors import UserError
 
-BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
+BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")  # (fullmatch: "$" would also match before a final newline)
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _UNESCAPES = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
 
 
 def quote(name: str) -> str:
     """One member name as it appears in a path."""
-    if BARE.match(name):
+    if BARE.fullmatch(name):
         return name
     return '"' + "".join(_ESCAPES.get(c, c) for c in name) + '"'
 
@@ -59,7 +59,7 @@ def parse(text: str) -> tuple[str, ...]:
             end = text.find(".", i)
             end = n if end < 0 else end
             bare = text[i:end]
-            if not BARE.match(bare):
+            if not BARE.fullmatch(bare):
                 raise UserError(
                     f"The member path {text!r} has {bare!r}, which is not a plain name: write names with dots or"
                     ' other characters in double quotes, as in myDeployment."file.txt".'

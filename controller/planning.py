@@ -145,6 +145,10 @@ def decide(desired: DesiredResource, current: ResourceState | None) -> Change:
             f" {str(desired.prevent_destroy).lower()}; only state is written"
         )
         return Change(desired.path, Action.UPDATE, desired.type, current, desired, (), reason)
+    if not fields and (desired.stateless, desired.state_handler) != (current.stateless, current.state_handler):
+        why = "it now keeps state" if current.stateless else "its state handler changed"
+        reason = f"{why}; only state is written"
+        return Change(desired.path, Action.UPDATE, desired.type, current, desired, (), reason)
     if not fields:
         return Change(desired.path, Action.NOOP, desired.type, current, desired, (), "inputs unchanged")
     if any(f.after is UNKNOWN for f in fields):

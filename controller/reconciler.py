@@ -321,6 +321,8 @@ class Reconciler:
         providers = {c.path: c.provider for c in plan.changes}
 
         def report(event: Event) -> None:
+            if event.kind == "ok" and event.message and self.log is not None:  # a resource forgotten, not deleted
+                self.log(f"[{self.deployment.name}] warning: {event.path}: {event.message}")
             if self.metrics is not None and event.kind in ("ok", "failed") and event.action.value != "noop":
                 provider = providers.get(event.path, "unknown")
                 self.metrics.operation(self.deployment.name, provider, event.action.value, event.kind, event.seconds)
@@ -407,8 +409,14 @@ class Reconciler:
         for old in self.checkouts.iterdir() if not engine.pending_recovery() else ():
             if old.name != head:  # the journal is empty: older checkouts (its providers) can go
                 shutil.rmtree(old, ignore_errors=True)
+        # Stateless resources are made again on every apply of a new commit, as NixOps4 makes them on every apply;
+        # evaluating an applied commit again (a drift check, a restart, another deployment's push to a shared state
+        # branch) makes nothing again: a forced run does.
+        made: set[str] = set()
+        if not force and engine.store.load_meta().get("lastAppliedCommit") == head:
+            made = {p for p, r in engine.load_state().items() if r.stateless}
         try:
-            planned = engine.plan(allow_empty=d.allow_empty or not d.prune)  # without prune nothing is deleted
+            planned = engine.plan(allow_empty=d.allow_empty or not d.prune, made=made)  # no prune: nothing deleted
         except EmptyDeploymentError as exc:
             self._timed(record, "evaluate", started)
             self.failed_evaluation = None  # it evaluates: plan it again at each poll, so allow_empty takes effect
@@ -436,7 +444,6 @@ class Reconciler:
 
         started = time.monotonic()
         committing, outcome, message = 0.0, "no-change", "nothing to do"
-        made: set[str] = set()  # stateless resources made in an earlier round of this run
         for round_ in range(STRUCTURE_ROUNDS):
             if not plan.has_changes:
                 state = engine.load_state()
@@ -551,7 +558,8 @@ class Reconciler:
         pushed, local = self._local(self._pushed_ref), self._local(self._state_ref)
         theirs = f"refs/nixgitops/remote/{d.state_branch}"
         cache.fetch(d.state_url, self._state_ref, theirs)
-        if cache.ref(theirs) != remote or (pushed is not None and not cache.descends(remote, pushed)):
+        remote = cache.ref(theirs) or remote  # (it may have moved again since it was asked: the newest counts)
+        if pushed is not None and not cache.descends(remote, pushed):
             return False
         repo = cache.repo
 
@@ -596,6 +604,7 @@ class Reconciler:
                 break
             local, pushed = self._local(self._state_ref), self._local(self._pushed_ref)
             assert local is not None
+            record.state_commit = local  # replayed on top of the others' commits
             refused = self.state_cache.push(d.state_url, local, self._state_ref, pushed)
         self._timed(record, "push", started)
         if refused is not None:

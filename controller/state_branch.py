@@ -172,6 +172,16 @@ class StateBranch:
         dep = self._dir(self.deployment, root)
         return root, dep, self._dir("resources", dep)
 
+    def others(self) -> dict[str, ResourceState]:
+        """Every resource the other deployments that share this branch recorded (each in its own directory), by
+        path: what the members they deploy output, readable by this deployment's members."""
+        root = self._trees()[0]
+        found: dict[str, ResourceState] = {}
+        for entry in root or ():
+            if entry.name and entry.name != self.deployment and isinstance(entry, pygit2.Tree):
+                found.update(StateBranch(self.repo, branch=self.branch, deployment=entry.name).load())
+        return found
+
     def load(self) -> dict[str, ResourceState]:
         """Every resource recorded for this deployment, by path.
 

@@ -222,7 +222,9 @@ def configure(tmp_path: Path, url: str) -> Path:
     return config
 
 
-def test_nixops4_integration_deployment_from_the_controller(tmp_path: Path, server: GitServer) -> None:
+def test_nixops4_integration_deployment_from_the_controller(
+    tmp_path: Path, server: GitServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = World(tmp_path / "world")
     (tmp_path / "dev").mkdir()
     dev = Developer(server, tmp_path / "dev")  # the served bare repository (its clone is not used)
@@ -307,6 +309,19 @@ def test_nixops4_integration_deployment_from_the_controller(tmp_path: Path, serv
     reconcile("nested")
     assert value("nested", "nestedDeployment.deploymentSummary") == SUMMARY
     assert value("nested", "nestedDeployment.frontend.staticVersion") == "nested-static-v1"
+
+    # Evaluating an applied commit again (here: the shared branch moved) makes no stateless resource again
+    reconcile("hello")  # the newest commit (the nested deployment's): stateless resources are made again
+    reconcile("unreferenced")  # another deployment pushes to the shared state branch
+    before = git(dev.bare, "rev-parse", "nixgitops/state")
+    from controller.config import load
+    from controller.reconciler import Reconciler
+
+    loaded = load(config)
+    monkeypatch.setenv("PATH", world.env["PATH"])
+    again = Reconciler(loaded, loaded.deployment("hello")).reconcile()  # a poll, as the daemon's (not forced)
+    assert again.outcome == "no-change", again
+    assert git(dev.bare, "rev-parse", "nixgitops/state") == before, "no state commit for an applied commit"
 
     # One state branch, each deployment in its own directory, holding only its own member's resources
     owners = {n.split("/")[0] for n in records()}

@@ -219,4 +219,35 @@ def test_every_type_created_and_updated_in_a_nixops4_root(tmp_path: Path) -> Non
     assert record("all.e")["outputs"] == {"stdout": "E2\n"}
     assert record("all.m")["outputs"] == {"value": 1}, "a memo keeps its first value"
     assert record("all.m")["inputs"] == {"initialize_with": 2}
+
+    # destroy: a root names no provider of its own; the recorded command serves the deletes
+    done = run("destroy", "--yes")
+    assert "Warning: all.m: forgotten, not deleted: provider 'nixops4-resources-local' cannot delete" in done.stderr
+    assert "Warning: all.e: forgotten: a stateless resource has nothing to delete" in done.stderr
+    state = subprocess.run(
+        [sys.executable, "-m", "controller", "state", "list", "--json"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(state.stdout) == []
     shutil.rmtree(standin)  # (the store keeps its copy)
+
+
+def test_a_replace_whose_old_resource_cannot_be_deleted_forgets_it_and_creates_the_new(checkout: Checkout) -> None:
+    binary = nixops4_local()
+    checkout.deploy(deployment(binary, drop="r"))
+    checkout.ok("apply", "--yes")
+    changed = deployment(binary, drop="r").replace(
+        'members.m = { type = providers.nix4.memo; state = members.store; inputs.initialize_with = "M1"; };',
+        'members.m = { type = providers.nix4.exec; inputs = { executable = "/bin/echo"; args = [ "now" ]; }; };',
+    )
+    assert changed != deployment(binary, drop="r")
+    checkout.deploy(changed)
+    assert checkout.plan()["m"]["action"] == "replace"
+    done = checkout.ok("apply", "--yes")
+    assert "Warning: m: forgotten, not deleted" in done.stderr
+    record = checkout.state()["m"]
+    assert record["type"] == "nix4.exec" and record["outputs"] == {"stdout": "now\n"}

@@ -122,3 +122,30 @@ def test_the_cli_refuses_a_member_path_it_cannot_read(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode != 0 and "closing quote" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_resource_that_now_keeps_state_is_recorded_again_without_a_call() -> None:
+    change = planning.plan({"s": memo("s")}, {"s": record("s", stateless=True)}).by_path()["s"]
+    assert change.action is Action.UPDATE and change.reason == "it now keeps state; only state is written"
+    assert change.fields == ()
+
+
+STRUCTURE = """{ members, providers, ... }: {
+  members.sel = { type = providers.local.memo; inputs.initialize_with = 1; };
+  members.g = { members = if members.sel.outputs.value == 1 then { x = { type = providers.local.memo;
+    inputs.initialize_with = 2; }; } else { }; };
+}
+"""
+
+
+@pytest.mark.parametrize("member", [None, "g"])
+def test_a_member_set_that_reads_an_unknown_output_is_known_after_apply(tmp_path: Path, member: str | None) -> None:
+    from controller.evaluation import NixEvaluator
+
+    (tmp_path / "deployment.nix").write_text(STRUCTURE)
+    evaluator = NixEvaluator(tmp_path / "deployment.nix", member=member)
+    found = evaluator.evaluate({})
+    assert found.structural == {"g": frozenset({"sel"})}
+    assert set(found.resources) == ({"sel"} if member is None else set())
+    known = evaluator.evaluate({"sel": {"value": 1}})
+    assert known.structural == {} and "g.x" in known.resources

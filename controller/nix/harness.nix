@@ -144,7 +144,13 @@ let
     in
     fixpoint;
   # a provider is named after its executable's file name: the store path changes with every build, the name not
-  commandName = p: builtins.replaceStrings [ "." " " ] [ "-" "-" ] (builtins.unsafeDiscardStringContext (builtins.baseNameOf (toString p.executable)));
+  commandName = p:
+    let
+      base = builtins.unsafeDiscardStringContext (builtins.baseNameOf (toString p.executable));
+      odd = [ "." " " "+" "@" ":" "," "=" "~" "%" "!" "#" "$" "&" "(" ")" "[" "]" "{" "}" "\"" ];
+      name = builtins.replaceStrings odd (map (_: "-") odd) base;
+    in
+    if builtins.match "[A-Za-z_].*" name != null then name else "_${name}";
   fromExport = prefix: export:
     builtins.mapAttrs
       (name: member:
@@ -282,8 +288,12 @@ let
   entries =
     if member == null then (if builtins.isAttrs topMembers then collect "" [ ] topMembers else [ ])
     else
-      let decl = lookup result member; in
-      if kindOf decl == "composite" then collect (pathOf member) member decl.members
+      let
+        decl = lookup result member;
+        kind = builtins.tryEval (kindOf decl); # the member itself may be known only after apply
+      in
+      if !kind.success then [ { path = pathOf member; names = member; inherit decl; structural = true; } ]
+      else if kind.value == "composite" then collect (pathOf member) member decl.members
       else [ { path = pathOf member; names = member; inherit decl; } ];
   selected =
     if args.select == null then entries
@@ -347,6 +357,7 @@ if exposeCall then result
 else if args.focus != null then focused
 else {
   shape = {
+    root = isRoot;
     members = builtins.typeOf topMembers;
     providers = builtins.typeOf (result.providers or { });
     extra = if builtins.isAttrs result then builtins.attrNames (removeAttrs result [ "members" "providers" ]) else [ ];
