@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from gitserver import GitServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"  # ../shared/reference: nixpkgs-lib, flake-parts, NixOps4's provider
@@ -161,3 +164,16 @@ def nixops4_local() -> Path:
     if probe.returncode != 0:
         pytest.skip(f"NixOps4's local provider does not run here: exit {probe.returncode} {probe.stderr[-200:]!r}")
     return binary
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GitServer]:
+    """A Git server on loopback serving ``tmp_path/served`` (stopped after the test)."""
+    from gitserver import GitServer  # (gitserver imports this module)
+
+    base = tmp_path / "served"
+    base.mkdir()
+    srv = GitServer(base)
+    srv.start()
+    yield srv
+    srv.stop()

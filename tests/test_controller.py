@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,6 @@ DEPLOYMENT = """{ members, providers, ... }: {
   };
 }
 """
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    base = tmp_path / "served"
-    base.mkdir()
-    srv = GitServer(base)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

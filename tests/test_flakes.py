@@ -16,7 +16,6 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,16 +252,6 @@ def test_a_flake_that_reads_outside_itself_fails_clearly(
 
 
 # -- the controller --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    base = tmp_path / "served"
-    base.mkdir()
-    srv = GitServer(base)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

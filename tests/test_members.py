@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import git
 from gitserver import Developer, GitServer, free_port
 
@@ -21,16 +19,6 @@ DEPLOYMENT = """{ members, providers, ... }: {
   };
 }
 """
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    base = tmp_path / "served"
-    base.mkdir()
-    srv = GitServer(base)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def test_a_member_reads_the_outputs_of_a_member_another_deployment_applied(tmp_path: Path, server: GitServer) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,16 +183,6 @@ def test_nixops4_integration_deployment_from_the_command_line(world: World) -> N
 
 
 # -- the controller ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    base = tmp_path / "served"
-    base.mkdir()
-    srv = GitServer(base)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 # controller deployment -> the member of NixOps4's root it deploys (all of them share one state branch)
