@@ -133,6 +133,7 @@ def compute_plan(
         else:
             unknown = unknown | moving
     dependencies = answer.dependencies
+    _check_state_handlers(answer, {*state, *(outside or {})}, entry)
     # Every edge is a read that happened, so a cycle found here is a real one (see docs/decisions.md).
     resources = answer.resources  # (a resource that waits for its own outputs is a cycle of one)
     cycle = find_cycle({p: (dependencies[p] | resources[p].blocked_by) & unknown for p in unknown if p in resources})
@@ -154,6 +155,23 @@ def compute_plan(
     return Planned(
         plan, answer.resources, dependencies, providers, state, passes, refresh=refresh, outside=dict(outside or {})
     )
+
+
+def _check_state_handlers(answer: Evaluation, recorded: Collection[str], entry: str) -> None:
+    """Refuse a `state` reference that names no resource (a composite, or nothing), as NixOps4 does; nixgitops keeps
+    the state itself, but such a reference is a mistake in the deployment."""
+    for path, resource in sorted(answer.resources.items()):
+        handler = resource.state_handler
+        if handler is None or handler in answer.resources or handler in recorded:
+            continue
+        if any(paths.within(handler, s) for s in answer.structural):
+            continue  # known after apply
+        under = sorted(p for p in answer.resources if paths.within(p, handler))
+        what = "a composite, not a resource" if under else "no resource of the deployment"
+        raise DeploymentError(
+            f"Invalid state reference in {entry}: resource {path!r} keeps its state in {handler!r}, which is {what}."
+            " Name the resource that keeps its state (state = members.x;), or leave `state` out."
+        )
 
 
 def _recorded_providers(

@@ -488,7 +488,10 @@ class NixEvaluator:
             )
         if done.returncode != 0:
             raise EvaluationError(
-                f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)) + _hint(done.stderr)
+                f"Nix could not evaluate {self.where}:\n"
+                + "\n".join(_clean(traces.other))
+                + _hint(done.stderr)
+                + self._member_hint(done.stderr)
             )
         return _decode(done.stdout), traces
 
@@ -524,9 +527,21 @@ class NixEvaluator:
                 raise error from None
             traces = parse_traces(str(exc))
             raise EvaluationError(
-                f"Nix could not evaluate {self.where}:\n" + "\n".join(_clean(traces.other)) + _hint(str(exc))
+                f"Nix could not evaluate {self.where}:\n"
+                + "\n".join(_clean(traces.other))
+                + _hint(str(exc))
+                + self._member_hint(str(exc))
             ) from None
         return _decode(text), parse_traces("\n".join(printed))
+
+    def _member_hint(self, text: str) -> str:
+        """What to do when the member path given names no member (the harness's lookup failed)."""
+        if self.member is None or not any(f"attribute '{n}' missing" in text for n in paths.parse(self.member)):
+            return ""
+        return (
+            f"\nThe member path {self.member!r} names no member of the deployment: check each name (one that is not"
+            ' an identifier is written in double quotes, a."file.txt"), or plan without a path to see every member.'
+        )
 
     def _explain_user_error(self, args: dict[str, Any], path: str, fieldname: str, at: str | None) -> None:
         focus = dict(args, focus={"path": list(paths.parse(path))}, select=None, taint=False)

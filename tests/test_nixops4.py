@@ -13,9 +13,9 @@ changed). Where nixgitops deliberately differs, the test says so:
 * nixgitops plans with no change as a plan, and shows a stateless resource as made again (NixOps4's ``inputs
   unchanged`` / ``inputs changed`` debug lines are a plan's noop / update here).
 
-The error cases of check.nix (``members list``, ``state dump``, invalid state references, cycles) are about
-NixOps4's own commands and messages and are not repeated here; nixgitops's cycles are tested in
-tests/test_dependency_edges.py.
+The error cases of check.nix (invalid state references, a cycle between resources, a cycle in the structure, a
+path to no member) are refused before anything is applied, in nixgitops's own words. ``members list`` and
+``state dump`` are NixOps4 commands without a counterpart here.
 """
 
 from __future__ import annotations
@@ -175,6 +175,22 @@ def test_nixops4_integration_deployment_from_the_command_line(world: World) -> N
     world.apply("nestedDeployment")
     assert world.record("nestedDeployment.deploymentSummary")["outputs"] == {"value": SUMMARY}
     assert world.record("nestedDeployment.frontend.staticVersion")["outputs"] == {"value": "nested-static-v1"}
+
+    # ERROR HANDLING: each refused before anything is applied, with a clear message and no traceback
+    errors = {
+        "statePointsToComposite": "which is a composite, not a resource",
+        "statePointsToNonexistent": "which is no resource of the deployment",
+        "stateInNonexistentComposite": "which is no resource of the deployment",
+        "circularDependency": "read each other's outputs in a cycle",
+        "structuralCycle": "infinite recursion",
+        "nestedDeployment.nonExistentPath": "names no member of the deployment",
+    }
+    for member, needle in errors.items():
+        refused = world.run("apply", member, "--flake", ".#nixops4", "--yes")
+        assert refused.returncode != 0 and needle in refused.stderr, (member, refused.stderr)
+        assert "Traceback" not in refused.stderr
+        assert "Creating..." not in refused.stdout
+    assert "Invalid state reference" in world.run("plan", "statePointsToComposite", "--flake", ".#nixops4").stderr
 
     # Each member is its own unit: applying one never touched the others' records (differs: nixgitops records
     # every member's resources on its state branch, and deletes what a member no longer declares)
