@@ -133,7 +133,7 @@ def compute_plan(
         else:
             unknown = unknown | moving
     dependencies = answer.dependencies
-    _check_state_handlers(answer, {*state, *(outside or {})}, entry)
+    _check_state_handlers(answer, {*state, *(outside or {})}, entry, member)
     # Every edge is a read that happened, so a cycle found here is a real one (see docs/decisions.md).
     resources = answer.resources  # (a resource that waits for its own outputs is a cycle of one)
     cycle = find_cycle({p: (dependencies[p] | resources[p].blocked_by) & unknown for p in unknown if p in resources})
@@ -157,15 +157,18 @@ def compute_plan(
     )
 
 
-def _check_state_handlers(answer: Evaluation, recorded: Collection[str], entry: str) -> None:
+def _check_state_handlers(answer: Evaluation, recorded: Collection[str], entry: str, member: str | None) -> None:
     """Refuse a `state` reference that names no resource (a composite, or nothing), as NixOps4 does; nixgitops keeps
-    the state itself, but such a reference is a mistake in the deployment."""
+    the state itself, but such a reference is a mistake in the deployment. (Outside ``member``, nothing was
+    evaluated: a reference there is not judged.)"""
     for path, resource in sorted(answer.resources.items()):
         handler = resource.state_handler
         if handler is None or handler in answer.resources or handler in recorded:
             continue
         if any(paths.within(handler, s) for s in answer.structural):
             continue  # known after apply
+        if member is not None and not paths.within(handler, member):
+            continue
         under = sorted(p for p in answer.resources if paths.within(p, handler))
         what = "a composite, not a resource" if under else "no resource of the deployment"
         raise DeploymentError(

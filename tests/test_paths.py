@@ -3,11 +3,13 @@ outputs in planning: properties over generated names, and the harness against th
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import Checkout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +151,24 @@ def test_a_member_set_that_reads_an_unknown_output_is_known_after_apply(tmp_path
     assert set(found.resources) == ({"sel"} if member is None else set())
     known = evaluator.evaluate({"sel": {"value": 1}})
     assert known.structural == {} and "g.x" in known.resources
+
+
+def test_a_member_path_plans_only_its_members_and_leaves_the_rest_alone(checkout: Checkout) -> None:
+    checkout.deploy(
+        """{ members, providers, ... }: {
+          members.store = { type = providers.local.state_file; inputs.name = "s.json"; };
+          members.sub.members."a.b" = {
+            type = providers.local.memo; state = members.store; inputs.initialize_with = 1;
+          };
+          members.other = { type = providers.local.memo; inputs.initialize_with = 2; };
+        }"""
+    )
+    plan = json.loads(checkout.ok("plan", "sub", "--json").stdout)  # its state handler is outside, not applied yet
+    assert [c["path"] for c in plan["changes"]] == ['sub."a.b"']
+    checkout.ok("apply", 'sub."a.b"', "--yes")
+    assert set(checkout.state()) == {'sub."a.b"'}
+    assert checkout.state()['sub."a.b"']["stateHandler"] == "store"
+    checkout.ok("apply", "--yes")
+    assert set(checkout.state()) == {"store", 'sub."a.b"', "other"}
+    checkout.ok("destroy", "other", "--yes")
+    assert set(checkout.state()) == {"store", 'sub."a.b"'}, "destroy of a member deletes only what is under it"
