@@ -12,6 +12,10 @@ changed). Where nixgitops deliberately differs, the test says so:
   ("Failed to create stateless resource ..."); the provider's own message is forwarded the same.
 * nixgitops plans with no change as a plan, and shows a stateless resource as made again (NixOps4's ``inputs
   unchanged`` / ``inputs changed`` debug lines are a plan's noop / update here).
+* nixgitops deletes a resource removed from the deployment (NixOps4 never deletes): a stateless one is forgotten
+  without a call, a stateful one whose provider cannot delete (NixOps4's local provider) is forgotten with a
+  warning; tests/test_nixops4_providers.py checks both builds of the provider.
+* Under the controller, each member is a deployment of its own; all share one state branch.
 
 The error cases of check.nix (invalid state references, a cycle between resources, a cycle in the structure, a
 path to no member) are refused before anything is applied, in nixgitops's own words. ``members list`` and
