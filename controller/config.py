@@ -63,6 +63,14 @@ class DeploymentConfig:
     nix: NixSettings = field(default_factory=NixSettings)
     member: str | None = None
     """A member path (``controller.paths``): this deployment is that member's subtree only."""
+    forge: str | None = None
+    """The ``[forges.<name>]`` that statuses, comments and previews of this deployment go through."""
+    previews: bool = False
+    """Plan every open pull request to ``branch`` and show the plan on it (needs ``forge``)."""
+    previews_from_forks: bool = False
+    """Also plan pull requests whose head is in another repository (runs their author's Nix code)."""
+    require_reviewed_plan: bool = False
+    """Apply a merged commit only when its plan is the plan last shown on the pull request that brought it."""
 
     @property
     def state_url(self) -> str:
@@ -86,6 +94,20 @@ class ReceiverConfig:
     deployments: tuple[str, ...]
 
 
+FORGE_KINDS = ("github", "gitlab", "gitea", "bitbucket_server")
+DEFAULT_API_URLS = {"github": "https://api.github.com"}
+
+
+@dataclass(frozen=True)
+class ForgeSettings:
+    """A forge's API: where it is and the file that holds the token (read when a client starts)."""
+
+    name: str
+    kind: str
+    api_url: str
+    token_file: Path
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -94,6 +116,7 @@ class Config:
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
     server: ServerConfig = field(default_factory=ServerConfig)
     receivers: dict[str, ReceiverConfig] = field(default_factory=dict)
+    forges: dict[str, ForgeSettings] = field(default_factory=dict)
 
     def deployment(self, name: str) -> DeploymentConfig:
         if name not in self.deployments:
@@ -175,10 +198,10 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         return f"`{key}` in {path}"
 
     for table in data:
-        if table not in ("controller", "deployments", "server", "receivers"):
+        if table not in ("controller", "deployments", "server", "receivers", "forges"):
             raise ConfigError(
                 f"{where(table)} is not a known table; known: [controller], [server], [deployments.<name>],"
-                " [receivers.<name>]."
+                " [receivers.<name>], [forges.<name>]."
             )
     controller = data.get("controller", {})
     if not isinstance(controller, dict):
@@ -216,7 +239,43 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         deployments[name] = deployment
     server = _server(data.get("server", {}), where)
     receivers = _receivers(data.get("receivers", {}), deployments, where)
-    return Config(path, data_dir, identity, deployments, server, receivers)
+    forges = _forges(data.get("forges", {}), where)
+    for name, deployment in deployments.items():
+        prefix = f"deployments.{name}"
+        if deployment.forge is not None and deployment.forge not in forges:
+            known = ", ".join(sorted(forges)) or "none"
+            raise ConfigError(f"{where(prefix + '.forge')}: no [forges.{deployment.forge}] is configured ({known}).")
+        for option in ("previews", "require_reviewed_plan"):
+            if getattr(deployment, option) and deployment.forge is None:
+                raise ConfigError(f"{where(prefix + '.' + option)} needs `forge`: the forge that shows the plans.")
+    return Config(path, data_dir, identity, deployments, server, receivers, forges)
+
+
+def _forges(tables: Any, where: Any) -> dict[str, ForgeSettings]:
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where('forges')} must be tables [forges.<name>].")
+    forges = {}
+    for name, table in tables.items():
+        prefix = f"forges.{name}"
+        if not NAME.match(name) or not isinstance(table, dict):
+            raise ConfigError(f"{where(prefix)} must be a table named with letters, digits, _ - .")
+        unknown = set(table) - {"kind", "api_url", "token_file"}
+        if unknown:
+            raise ConfigError(f"{where(prefix + '.' + sorted(unknown)[0])} is not a known key.")
+        kind = table.get("kind")
+        if kind not in FORGE_KINDS:
+            raise ConfigError(f"{where(prefix + '.kind')} must be one of {', '.join(FORGE_KINDS)}, not {kind!r}.")
+        api_url = table.get("api_url", DEFAULT_API_URLS.get(kind))
+        if not isinstance(api_url, str) or not api_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{where(prefix + '.api_url')} must be the forge's API address, such as https://gitlab.example.org"
+                "/api/v4 (only GitHub has a default)."
+            )
+        token_file = table.get("token_file")
+        if not isinstance(token_file, str) or not Path(token_file).is_file():
+            raise ConfigError(f"{where(prefix + '.token_file')}: {token_file!r} is not a readable file.")
+        forges[name] = ForgeSettings(name, kind, api_url.rstrip("/"), Path(token_file))
+    return forges
 
 
 def _server(table: Any, where: Any) -> ServerConfig:
@@ -291,6 +350,10 @@ KEYS = {
     "nix_path",
     "flake",
     "member",
+    "forge",
+    "previews",
+    "previews_from_forks",
+    "require_reviewed_plan",
     "nix_options",
     "build_timeout",
 }
@@ -432,6 +495,10 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         flake=flake,
         nix=nix,
         member=member,
+        forge=text("forge", None),
+        previews=flag("previews", False),
+        previews_from_forks=flag("previews_from_forks", False),
+        require_reviewed_plan=flag("require_reviewed_plan", False),
     )
 
 

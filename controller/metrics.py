@@ -89,6 +89,18 @@ class Metrics:
             ["deployment"],
             registry=r,
         )
+        self.previews = Counter(
+            "nixgitops_previews",
+            "Previews of pull requests by outcome (success, failure, superseded, skipped-fork).",
+            ["deployment", "result"],
+            registry=r,
+        )
+        self.forge_requests = Counter(
+            "nixgitops_forge_requests",
+            "Calls to a forge's API (a status, a comment, a listing; retries included) by outcome (ok, error).",
+            ["forge", "result"],
+            registry=r,
+        )
         self.suspended = Gauge(
             "nixgitops_suspended", "1 while the deployment is suspended.", ["deployment"], registry=r
         )
