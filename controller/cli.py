@@ -157,6 +157,11 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument(
         "--adopt-remote-state", action="store_true", help="after a state conflict: continue from the remote state"
     )
+    approve = sub.add_parser(
+        "approve", parents=[configured], help="let a commit held by require_reviewed_plan be applied"
+    )
+    approve.add_argument("name", help="deployment name")
+    approve.add_argument("commit", help="the held commit (a unique prefix will do)")
     return top
 
 
@@ -503,6 +508,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         reconciler.resume(adopt_remote_state=args.adopt_remote_state)
         print(f"{args.name}: resumed")
         return 0
+    if args.command == "approve":
+        commit = reconciler.approve(args.commit)
+        print(f"{args.name}: commit {commit} approved; the next run applies it")
+        return 0
     from dataclasses import asdict
 
     return _report_run(args.name, asdict(reconciler.reconcile(force=True)))
@@ -605,7 +614,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_plan(args)
         if args.command in ("apply", "destroy"):
             return _run(args, destroy=args.command == "destroy")
-        if args.command in ("run", "reconcile", "status", "suspend", "resume"):
+        if args.command in ("run", "reconcile", "status", "suspend", "resume", "approve"):
             return cmd_daemon(args)
         return cmd_state(args)
     except NixgitopsError as exc:

@@ -31,7 +31,15 @@ def reconcilers(config: Config, metrics: Metrics | None = None) -> list[Reconcil
 def serve(config: Config, scheduler: Scheduler, metrics: Metrics) -> uvicorn.Server:
     """Start the HTTP server on its own thread; returns once it listens."""
     token = config.server.token_file.read_text().strip() if config.server.token_file else None
-    app = create_app(config, scheduler, metrics, token=token)
+    app = create_app(
+        config,
+        scheduler,
+        metrics,
+        token=token,
+        preview=scheduler.preview_delivery,
+        preview_closed=scheduler.preview_closed,
+        log=log,
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level="warning", access_log=False)
     )

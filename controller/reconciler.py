@@ -43,6 +43,7 @@ from controller.errors import EmptyDeploymentError, NixgitopsError, UserError
 from controller.metrics import Metrics
 from controller.plan_render import plan_json
 from controller.planning import Plan, without_deletes
+from controller.previews import Previews
 from controller.processes import CommandFailed, run
 from controller.provider_client import Providers
 from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref, remote_refs
@@ -111,6 +112,7 @@ class Reconciler:
         # (source commit, state commit) after the last run that applied everything: polling the same pair again
         # needs no evaluation
         self._settled: tuple[str, str | None] | None = None
+        self._shown: tuple[str, str] | None = None  # the last (commit, outcome) shown on the forge
         data = config.data_dir
         self._source_dir = data / "git" / deployment.name
         self._state_dir = (
@@ -288,11 +290,60 @@ class Reconciler:
                 record.outcome, record.message = "failed", str(exc)
             self.last = record
             self.history.append(record)
+            self._show_outcome(record)
             self._write_status(record, extra)
             self._observe(record)
             if self.log is not None:
                 self.log(f"[{self.deployment.name}] {record.outcome}: {record.message}".rstrip(": "))
             return record
+
+    @functools.cached_property
+    def previews(self) -> Previews | None:
+        """Previews and outcomes on the forge, when the deployment names one."""
+        count = None
+        if self.metrics is not None:
+            metrics, name, forge = self.metrics, self.deployment.name, self.deployment.forge or "-"
+
+            def count(kind: str, result: str) -> None:
+                if kind == "preview":
+                    metrics.previews.labels(name, result).inc()
+                else:
+                    metrics.forge_requests.labels(forge, result).inc()
+
+        return Previews.for_reconciler(self, log=self.log, count=count)
+
+    def approve(self, commit: str) -> str:
+        """Let ``commit`` (a unique prefix will do) be applied though its plan is not the one shown for review;
+        the full commit id. Kept in the data directory."""
+        if self.previews is None:
+            raise UserError(f"Deployment {self.deployment.name!r} has no forge: there is nothing to approve.")
+        try:
+            found = str(self.source.repo.revparse_single(commit).peel(pygit2.Commit).id)
+        except (KeyError, ValueError, pygit2.GitError):
+            raise UserError(
+                f"No commit {commit!r} in the cache of deployment {self.deployment.name!r}; give the commit the"
+                " status names (it is fetched by the run that held it)."
+            ) from None
+        self.previews.book.approve(found)
+        return found
+
+    def _show_outcome(self, record: Run) -> None:
+        """The run's outcome as the status of its commit (and on the pull request that brought it), once per commit
+        and outcome: a poll of an applied commit shows nothing again."""
+        head = record.source_commit
+        shown = record.outcome in ("success", "failed", "held", "evaluation-failed", "refused", "no-change")
+        if self.previews is None or head is None or not shown or (head, record.outcome) == self._shown:
+            return
+        if record.outcome == "no-change" and self._shown is not None and self._shown[0] == head:
+            return
+        self._shown = (head, record.outcome)
+        self.previews.finished(head, record, self._parents(head))
+
+    def _parents(self, commit: str) -> list[str]:
+        try:
+            return [str(p) for p in self.source.repo[commit].parent_ids]  # type: ignore[attr-defined]
+        except (KeyError, ValueError):
+            return []
 
     def _observe(self, record: Run) -> None:
         if self.metrics is None:
@@ -380,29 +431,7 @@ class Reconciler:
         checkout = self.checkouts / head
         if not checkout.exists():
             self.source.materialise(head, checkout)
-        engine = Engine(
-            Settings(
-                directory=checkout,
-                entry=d.file,
-                deployment=d.name,
-                state_branch=d.state_branch,
-                parallelism=d.parallelism,
-                provider_timeout=d.provider_timeout,
-                identity=self.config.identity,
-                evaluation=d.evaluation,
-                nix=d.nix,
-                flake=f".#{d.flake}" if d.flake is not None else None,
-                member=d.member,
-            ),
-            repo=self.state_cache.repo,
-            entry_file=checkout / ("flake.nix" if d.flake is not None else d.file),
-            source_commit=head,
-            journal=self.journal,
-            workdir=self.workdir,
-            log=self._keeping_builds(record),
-            source_root=checkout,
-            roots=self.config.data_dir / "gcroots" / d.name,
-        )
+        engine = self.engine(head, checkout, log=self._keeping_builds(record))
         for note in engine.recover():  # what cannot be settled stays in the journal and holds back its resources
             if self.log is not None:
                 self.log(f"[{d.name}] recovered: {note}")
@@ -442,6 +471,12 @@ class Reconciler:
         if d.apply == "plan-only":
             raise Stop("planned", f"plan only: {sum(v for k, v in record.counts.items() if k != 'noop')} change(s)")
 
+        if d.require_reviewed_plan and plan.has_changes and self.previews is not None:
+            why = self.previews.review(head, self._parents(head), plan)
+            if why is not None:
+                raise Stop("held", f"not applied: {why}")
+        if plan.has_changes and self.previews is not None:
+            self.previews.started(head)
         started = time.monotonic()
         committing, outcome, message = 0.0, "no-change", "nothing to do"
         for round_ in range(STRUCTURE_ROUNDS):
@@ -487,6 +522,33 @@ class Reconciler:
             pinned = d.evaluation.restrict and not d.evaluation.allowed_paths and not d.evaluation.nix_path
             if pinned or d.flake is not None:  # else it may read what changes (a flake's inputs are locked)
                 self._settled = (head, self._local(self._state_ref))
+
+    def engine(self, head: str, checkout: Path, *, log: Callable[[str], None] | None) -> Engine:
+        """The engine of this deployment at commit ``head``, whose files are in ``checkout``."""
+        d = self.deployment
+        return Engine(
+            Settings(
+                directory=checkout,
+                entry=d.file,
+                deployment=d.name,
+                state_branch=d.state_branch,
+                parallelism=d.parallelism,
+                provider_timeout=d.provider_timeout,
+                identity=self.config.identity,
+                evaluation=d.evaluation,
+                nix=d.nix,
+                flake=f".#{d.flake}" if d.flake is not None else None,
+                member=d.member,
+            ),
+            repo=self.state_cache.repo,
+            entry_file=checkout / ("flake.nix" if d.flake is not None else d.file),
+            source_commit=head,
+            journal=self.journal,
+            workdir=self.workdir,
+            log=log,
+            source_root=checkout,
+            roots=self.config.data_dir / "gcroots" / d.name,
+        )
 
     def _check_drift(self, record: Run, extra: dict[str, Any], engine: Engine, specs: Any) -> None:
         interval = self.deployment.drift_interval

@@ -19,6 +19,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from controller.reconciler import Reconciler, Run
+from webhooks import Delivery
+from webhooks.forge import PullRequest
 
 BACKOFF_START = 1.0
 
@@ -54,6 +56,7 @@ class Runner:
                     force, self._force, self._pending = self._force, False, False
                 record = self.reconciler.reconcile(force=force)
                 self._after(record)
+                self.poll_previews()
                 with self._lock:
                     if not self._pending:
                         self._running = False
@@ -76,6 +79,30 @@ class Runner:
         else:
             self.failures = 0
 
+    def poll_previews(self) -> None:
+        """The fallback of pull-request webhooks, after each run (the first at start-up): preview every open pull
+        request whose head has none yet."""
+        previews = self.reconciler.previews
+        if previews is None:
+            return
+        for pr in previews.poll():
+            self.preview(pr, asked=True)
+
+    def preview(self, pr: PullRequest, *, asked: bool = False) -> bool:
+        """Queue a preview of ``pr`` (a newer head of it supersedes a preview still queued or running); False when
+        this deployment does not preview it."""
+        previews = self.reconciler.previews
+        if previews is None or not (asked or previews.ask(pr)):
+            return False
+        self.scheduler.add_job(
+            previews.run,
+            args=[pr],
+            id=f"{self.name}:preview:{pr.number}:{uuid.uuid4().hex}",
+            executor="previews",
+            misfire_grace_time=None,
+        )
+        return True
+
     def reconcile_now(self, *, force: bool = True) -> None:
         """Run as soon as possible: now, or right after the run in progress."""
         with self._lock:
@@ -94,7 +121,7 @@ class Scheduler:
 
     def __init__(self, reconcilers: list[Reconciler]) -> None:
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max(1, len(reconcilers)))},
+            executors={"default": ThreadPoolExecutor(max(1, len(reconcilers))), "previews": ThreadPoolExecutor(2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=datetime.UTC,
         )
@@ -115,6 +142,27 @@ class Scheduler:
 
     def reconcile_now(self, name: str) -> None:
         self.runners[name].reconcile_now()
+
+    def preview(self, name: str, pr: PullRequest) -> bool:
+        return self.runners[name].preview(pr)
+
+    def preview_delivery(self, name: str, delivery: Delivery) -> bool:
+        """A verified pull-request webhook for deployment ``name``: queue its preview (the server's hook; it must
+        only queue and return)."""
+        if delivery.number is None or delivery.head_sha is None or delivery.base_branch is None:
+            return False
+        if delivery.head_ref is None:
+            return False
+        d = delivery
+        pr = PullRequest(d.number, d.head_sha, d.base_branch, d.head_ref, d.from_fork)  # type: ignore[arg-type]
+        return self.preview(name, pr)
+
+    def preview_closed(self, name: str, delivery: Delivery) -> bool:
+        """A pull request was closed: a preview of it still queued or running shows nothing."""
+        previews = self.runners[name].reconciler.previews
+        if previews is None or delivery.number is None:
+            return False
+        return previews.close(delivery.number)
 
     def stop(self, wait: bool = True) -> None:
         self.scheduler.shutdown(wait=wait)

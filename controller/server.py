@@ -1,6 +1,7 @@
 """The HTTP face of the controller: one ASGI app (FastAPI) served by uvicorn.
 
-    POST /hooks/<receiver>        push webhooks: verified, then "reconcile now" for the matching deployments
+    POST /hooks/<receiver>        push webhooks: verified, then "reconcile now" for the matching deployments;
+                                  pull request webhooks: verified, then handed to the ``preview`` callables
     GET  /metrics                 Prometheus metrics
     GET  /healthz                 the process is alive
     GET  /readyz                  config loaded, scheduler running, every source reached at least once
@@ -17,6 +18,7 @@ import collections
 import hmac
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -27,11 +29,13 @@ from controller.config import Config
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.scheduler import Scheduler
-from webhooks import Rejected, receive, same_repository
+from webhooks import PULL_REQUEST, PULL_REQUEST_CLOSED, PULL_REQUEST_IGNORED, Delivery, Rejected, receive
 
 MAX_BODY = 1024 * 1024
 Name = Annotated[str, Path(description="A deployment's name from the configuration.", examples=["web"])]
 SEEN = 1024  # delivery ids remembered per receiver, to ignore redeliveries
+Preview = Callable[[str, Delivery], bool]
+"""(deployment name, pull request delivery) -> whether something was queued (or, closing, stopped)."""
 
 
 class Deliveries:
@@ -52,8 +56,34 @@ class Deliveries:
             self._set.add(delivery)
             return True
 
+    def forget(self, delivery: str) -> None:
+        """Accept this delivery id again (its handling failed: the forge's redelivery should be acted on)."""
+        with self._lock:
+            if delivery in self._set:
+                self._set.discard(delivery)
+                self._order.remove(delivery)
 
-def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token: str | None = None) -> FastAPI:
+
+def create_app(
+    config: Config,
+    scheduler: Scheduler,
+    metrics: Metrics,
+    *,
+    token: str | None = None,
+    preview: Preview | None = None,
+    preview_closed: Preview | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The app. ``preview(name, delivery)`` is called, for each deployment with ``previews`` whose repository and
+    branch a verified pull request targets, when the pull request is opened, reopened, retargeted or gets new
+    commits; it returns whether it queued a preview. It is called for pull requests from forks too
+    (``delivery.from_fork``): refusing them without ``previews_from_forks`` is its decision, as for the pull
+    requests it polls. ``preview_closed(name, delivery)`` is called likewise when the pull request is closed,
+    merged, declined or deleted; it returns whether it stopped or forgot something. Two callables rather than one,
+    so that neither has to look at ``delivery.event`` and a controller can run previews without cancelling them.
+    Both are called on the event loop, so they must only queue work and return. ``log`` gets one line per
+    notable webhook: a push deleting a tracked branch, a ``preview`` callable raising."""
+    say = log or (lambda line: None)
     app = FastAPI(title="nixgitops", version="1", description="Status and webhooks of the nixgitops controller.")
     runners = scheduler.runners
     seen = {name: Deliveries() for name in config.receivers}
@@ -69,6 +99,8 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    Answer = Callable[..., JSONResponse]
 
     @app.post("/hooks/{receiver}", include_in_schema=False)
     async def hook(receiver: str, request: Request) -> JSONResponse:
@@ -93,19 +125,69 @@ def create_app(config: Config, scheduler: Scheduler, metrics: Metrics, *, token:
             return answer(exc.status, "unauthorized" if exc.status == 401 else "malformed", message=str(exc))
         if delivery.event == "ping":
             return answer(200, "ping")
-        if delivery.event != "push":
+        if delivery.event == PULL_REQUEST_IGNORED:
+            return answer(202, "ignored", reason=f"pull request action {delivery.action!r} changes no code")
+        if delivery.event not in ("push", PULL_REQUEST, PULL_REQUEST_CLOSED):
             return answer(202, "ignored", reason=f"event {delivery.event!r} is not a push")
         if delivery.delivery_id and not seen[receiver].first_time(delivery.delivery_id):
             return answer(202, "duplicate", reason="this delivery was already received")
-        triggered = []
-        for name in spec.deployments:
-            d = config.deployments[name]
-            if f"refs/heads/{d.branch}" in delivery.moved and same_repository(d.repository, delivery.repositories):
+        matching = [n for n in spec.deployments if delivery.matches(config.deployments[n].repository)]
+        where = f"{receiver} (delivery {delivery.delivery_id or 'without id'})"
+        if delivery.event == "push":
+            return pushed(where, delivery, matching, answer)
+        response = pull_request(where, delivery, matching, answer)
+        if response.status_code >= 500 and delivery.delivery_id:
+            seen[receiver].forget(delivery.delivery_id)  # the forge's redelivery is acted on
+        return response
+
+    def pushed(where: str, delivery: Delivery, matching: list[str], answer: Answer) -> JSONResponse:
+        """Today's behaviour: reconcile the deployments whose branch the push moved; never for a deleted branch."""
+        triggered, deleted = [], []
+        for name in matching:
+            ref = f"refs/heads/{config.deployments[name].branch}"
+            if ref in delivery.deleted:
+                say(f"webhook {where}: the push deletes {ref}, which {name} tracks; not reconciling {name}")
+                deleted.append(name)
+            elif ref in delivery.moved:
                 scheduler.reconcile_now(name)
                 triggered.append(name)
-        if not triggered:
-            return answer(202, "ignored", reason="no configured deployment tracks this repository and branch")
-        return answer(202, "triggered", deployments=triggered)
+        if triggered:
+            return answer(202, "triggered", deployments=triggered)
+        if deleted:
+            return answer(202, "ignored", reason="the push deletes the tracked branch", deployments=deleted)
+        return answer(202, "ignored", reason="no configured deployment tracks this repository and branch")
+
+    def pull_request(where: str, delivery: Delivery, matching: list[str], answer: Answer) -> JSONResponse:
+        """Hand the pull request to ``preview`` (or ``preview_closed``) for each deployment it targets."""
+        targeted = [n for n in matching if config.deployments[n].branch == delivery.base_branch]
+        if not targeted:
+            return answer(202, "ignored", reason="no configured deployment tracks this repository and base branch")
+        enabled = [n for n in targeted if config.deployments[n].previews]
+        if not enabled:
+            return answer(202, "ignored", reason="no deployment has previews", deployments=targeted)
+        closing = delivery.event == PULL_REQUEST_CLOSED
+        call = preview_closed if closing else preview
+        if call is None:
+            return answer(202, "ignored", reason="this controller runs no previews", deployments=enabled)
+        done, failed = [], []
+        for name in enabled:
+            try:
+                if call(name, delivery):
+                    done.append(name)
+            except Exception as exc:  # answer 500: the forge shows the delivery failed, and may redeliver it
+                say(f"webhook {where}: pull request #{delivery.number} for {name} failed: {exc!r}")
+                failed.append(name)
+        if done:
+            return answer(202, "preview_closed" if closing else "preview", deployments=done)
+        if failed:
+            return answer(500, "preview_failed", deployments=failed)
+        if closing:
+            reason = "no preview of it was running"
+        elif delivery.from_fork and not any(config.deployments[n].previews_from_forks for n in enabled):
+            reason = "the pull request comes from a fork and no deployment sets previews_from_forks"
+        else:
+            reason = "no deployment queued a preview"
+        return answer(202, "ignored", reason=reason, deployments=enabled)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_endpoint() -> Response:

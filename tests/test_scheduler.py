@@ -24,6 +24,7 @@ class FakeReconciler:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.previews = None  # no forge: no pull-request previews
 
     def reconcile(self, *, force: bool = False) -> Run:
         self.calls.append(force)

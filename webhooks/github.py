@@ -1,10 +1,34 @@
-"""GitHub: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``; events ``push`` and ``ping``."""
+"""GitHub: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``; events ``push``, ``pull_request``, ``ping``.
+
+``pull_request`` actions ``opened``, ``synchronize`` (new commits), ``reopened``, and ``edited`` with a changed base
+branch ask for a preview; ``closed`` (merged or not) ends one; every other action is ignored.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from webhooks.base import Delivery, branch_push, check_hmac, header, json_body, text
+from webhooks.base import (
+    PING,
+    PULL_REQUEST,
+    PULL_REQUEST_CLOSED,
+    PULL_REQUEST_IGNORED,
+    Delivery,
+    Rejected,
+    branch_push,
+    check_hmac,
+    different,
+    dig,
+    header,
+    integer,
+    json_body,
+    pull_request,
+    text,
+    urls,
+)
+
+PREVIEW_ACTIONS = ("opened", "synchronize", "reopened")
 
 
 def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
@@ -12,14 +36,44 @@ def receive(headers: Mapping[str, str], body: bytes, secret: bytes) -> Delivery:
     event = header(headers, "X-GitHub-Event") or ""
     delivery = header(headers, "X-GitHub-Delivery")
     data = json_body(body)
+    if event == "pull_request":
+        return _pull_request(data, delivery)
+    if event == "ping":
+        return Delivery(PING, delivery)
     if event != "push":
         return Delivery(event or "unknown", delivery)
-    repo = data.get("repository") or {}
-    return branch_push(
-        data,
+    return branch_push(data, delivery, *_urls(data.get("repository")), deleted=data.get("deleted") is True)
+
+
+def _urls(repo: Any) -> tuple[str, ...]:
+    return urls(text(repo, "clone_url"), text(repo, "ssh_url"), text(repo, "git_url"), text(repo, "html_url"))
+
+
+def _pull_request(data: dict[str, Any], delivery: str | None) -> Delivery:
+    pr = data.get("pull_request")
+    if not isinstance(pr, dict):
+        raise Rejected(400, "a pull_request payload must have a `pull_request` object")
+    action = text(data, "action")
+    if action in PREVIEW_ACTIONS or (action == "edited" and isinstance(dig(data, "changes", "base"), dict)):
+        event = PULL_REQUEST
+    elif action == "closed":
+        event = PULL_REQUEST_CLOSED
+    else:
+        event = PULL_REQUEST_IGNORED
+    number = integer(pr, "number")
+    if number is None:
+        number = integer(data, "number")
+    base_repo, head_repo = dig(pr, "base", "repo"), dig(pr, "head", "repo")  # head.repo is null for a deleted fork
+    return pull_request(
+        event,
         delivery,
-        text(repo, "clone_url"),
-        text(repo, "ssh_url"),
-        text(repo, "git_url"),
-        text(repo, "html_url"),
+        action=action,
+        number=number,
+        head_sha=text(pr, "head", "sha"),
+        base_branch=text(pr, "base", "ref"),
+        repositories=urls(*_urls(base_repo), *_urls(data.get("repository"))),
+        head_repositories=_urls(head_repo),
+        head_branch=text(pr, "head", "ref"),
+        head_ref=f"refs/pull/{number}/head",
+        fork=different(dig(head_repo, "id"), dig(base_repo, "id")) if isinstance(head_repo, dict) else True,
     )
