@@ -176,6 +176,10 @@ class Previews:
         forge = open_forge(ForgeConfig(settings.name, settings.kind, settings.api_url, settings.token_file))
         return cls(reconciler, forge, **kwargs)
 
+    def close(self) -> None:
+        """Close the forge client's connections."""
+        self.forge.close()
+
     # -- requests ------------------------------------------------------------------------------------------
 
     def ask(self, pr: PullRequest) -> bool:
@@ -192,7 +196,7 @@ class Previews:
             self._latest[pr.number] = pr.head_sha
         return True
 
-    def close(self, number: int) -> bool:
+    def closed(self, number: int) -> bool:
         """The pull request was closed: what is queued or running for it shows nothing."""
         with self._lock:
             known = number in self._latest

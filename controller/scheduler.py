@@ -162,7 +162,7 @@ class Scheduler:
         previews = self.runners[name].reconciler.previews
         if previews is None or delivery.number is None:
             return False
-        return previews.close(delivery.number)
+        return previews.closed(delivery.number)
 
     def stop(self, wait: bool = True) -> None:
         self.scheduler.shutdown(wait=wait)

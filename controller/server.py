@@ -7,6 +7,7 @@
     GET  /readyz                  config loaded, scheduler running, every source reached at least once
     GET  /api/v1/...              read-only status: deployments, runs, last plan, resources (optional bearer token)
     POST /api/v1/deployments/<name>/reconcile   ask for a reconcile now (and, with ?wait=true, its outcome)
+    POST /api/v1/deployments/<name>/approve?commit=SHA   let a commit held by require_reviewed_plan be applied
 
 A webhook answers at once; the reconcile runs after the response, on the scheduler's threads.
 """
@@ -26,6 +27,7 @@ from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from controller.config import Config
+from controller.errors import UserError
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.scheduler import Scheduler
@@ -276,5 +278,15 @@ def create_app(
             runner.listeners.discard(wake)
         last = runner.reconciler.last
         return asdict(last) if last is not None else {}
+
+    @app.post("/api/v1/deployments/{name}/approve", summary="Let a commit held by require_reviewed_plan be applied")
+    def approve(name: Name, request: Request, commit: str) -> dict[str, Any]:
+        authorised(request)
+        try:
+            found = reconciler(name).approve(commit)
+        except UserError as exc:
+            raise HTTPException(404, str(exc)) from None
+        scheduler.reconcile_now(name)
+        return {"approved": found, "requested": True}
 
     return app

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controller.config import parse
+from controller.errors import UserError
 from controller.metrics import Metrics
 from controller.reconciler import Run
 from controller.server import create_app
@@ -42,6 +43,11 @@ class FakeReconciler:
 
     def resources(self) -> list[dict[str, Any]]:
         return []
+
+    def approve(self, commit: str) -> str:
+        if len(commit) < 4 or any(c not in "0123456789abcdef" for c in commit):
+            raise UserError(f"No commit {commit!r} in the cache of deployment {self.deployment.name!r}.")
+        return commit
 
 
 @dataclass
