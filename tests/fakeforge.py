@@ -150,8 +150,8 @@ class FakeForge:
 
     # --- lifecycle ---
 
-    def start(self) -> FakeForge:
-        server = _Server(("127.0.0.1", 0), _Handler)
+    def start(self, port: int = 0) -> FakeForge:
+        server = _Server(("127.0.0.1", port), _Handler)
         server.fake = self
         self._server = server
         self._port = int(server.server_address[1])
@@ -420,10 +420,18 @@ class FakeGitHub(FakeForge):
             ("POST", repo + r"/issues/(?P<n>\d+)/comments", self.create_comment),
             ("PATCH", repo + r"/issues/comments/(?P<id>\d+)", self.edit_comment),
             ("GET", repo + r"/pulls", self.list_pulls),
+            ("GET", repo + r"/commits/(?P<sha>[^/]+)/statuses", self.list_statuses),
         ]
 
     def _repo_ok(self, match: re.Match[str]) -> bool:
         return f"{match['owner']}/{match['repo']}".lower() == self.repository.lower()
+
+    def list_statuses(self, match: re.Match[str], query: dict[str, str], body: Any) -> Reply:
+        """GitHub's "List commit statuses for a reference": newest first (the demo shows them)."""
+        if not self._repo_ok(match):
+            return self.error(404, "Not Found")
+        found = list(reversed(self._statuses.get(match["sha"].lower(), [])))
+        return Reply(200, [{"state": s.state, "context": s.context, "description": s.description} for s in found])
 
     def create_status(self, match: re.Match[str], query: dict[str, str], body: Any) -> Reply:
         if not self._repo_ok(match):
