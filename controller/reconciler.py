@@ -312,6 +312,11 @@ class Reconciler:
 
         return Previews.for_reconciler(self, log=self.log, count=count)
 
+    def preview_book(self) -> dict[str, Any]:
+        """Each pull request's last preview (head, outcome, digest, the whole plan): what a comment cut at the
+        forge's limit leaves out."""
+        return self.previews.book.pulls() if self.previews is not None else {}
+
     def approve(self, commit: str) -> str:
         """Let ``commit`` (a unique prefix will do) be applied though its plan is not the one shown for review;
         the full commit id. Kept in the data directory."""

@@ -8,6 +8,7 @@
     GET  /api/v1/...              read-only status: deployments, runs, last plan, resources (optional bearer token)
     POST /api/v1/deployments/<name>/reconcile   ask for a reconcile now (and, with ?wait=true, its outcome)
     POST /api/v1/deployments/<name>/approve?commit=SHA   let a commit held by require_reviewed_plan be applied
+    GET  /api/v1/deployments/<name>/previews    each pull request's last preview, with its whole plan
 
 A webhook answers at once; the reconcile runs after the response, on the scheduler's threads.
 """
@@ -278,6 +279,12 @@ def create_app(
             runner.listeners.discard(wake)
         last = runner.reconciler.last
         return asdict(last) if last is not None else {}
+
+    @app.get("/api/v1/deployments/{name}/previews", summary="Previews of pull requests: head, outcome, plan")
+    def previews(name: Name, request: Request) -> dict[str, Any]:
+        authorised(request)
+        found = reconciler(name).preview_book()
+        return {"pulls": found}
 
     @app.post("/api/v1/deployments/{name}/approve", summary="Let a commit held by require_reviewed_plan be applied")
     def approve(name: Name, request: Request, commit: str) -> dict[str, Any]:

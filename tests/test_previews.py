@@ -137,6 +137,9 @@ def test_a_pull_request_gets_its_plan_and_then_its_outcome(tmp_path: Path, serve
             wait_until(lambda: ("success", plan) in states(forge, newer), "the second preview", alive=alive)
             (edited,) = forge.comments(1)
             assert edited.id == comment.id and newer[:12] in edited.body and '"three"' in edited.body
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/deployments/web/previews", timeout=10) as r:
+                shown = json.loads(r.read())["pulls"]["1"]
+            assert shown["head"] == newer and shown["summary"] == plan and '"three"' in shown["plan"]
 
             # merge: the merge commit is applied, its status and the pull request's comment say so
             git(dev.work, "checkout", "-q", "main")

@@ -44,6 +44,9 @@ class FakeReconciler:
     def resources(self) -> list[dict[str, Any]]:
         return []
 
+    def preview_book(self) -> dict[str, Any]:
+        return {}
+
     def approve(self, commit: str) -> str:
         if len(commit) < 4 or any(c not in "0123456789abcdef" for c in commit):
             raise UserError(f"No commit {commit!r} in the cache of deployment {self.deployment.name!r}.")
