@@ -13,6 +13,8 @@ Scenarios (see docs/performance.md for the targets and what each floor is):
   6   peak resident memory of plan and apply
   7   what builds cost: a no-change plan of a flake deployment of 1,000 resources, with and without a store path
       (a derivation of its own) in every resource, against the same deployment.nix; and the apply that builds them
+  8   push to preview status: a pull request of a 100-resource deployment updated 20 times, each push (and its signed
+      webhook) to the success status of its preview on a fake GitHub on loopback
 """
 
 from __future__ import annotations
@@ -444,6 +446,77 @@ def builds(table: Table, tmp: Path, *, n: int) -> None:
         table.add(Row(f"7 apply, all create: flake, {what}", label, f"{applied.seconds:.2f} s", floor))
 
 
+def preview_latency(table: Table, tmp: Path, *, n: int, updates: int) -> None:
+    """Scenario 8: from `git push` of a pull request's head (and its signed webhook) to the preview's success status
+    on the forge (a fake GitHub on loopback, tests/fakeforge.py), for a deployment of ``n`` resources."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fakeforge import FakeGitHub
+
+    root = tmp / "previews"
+    remote, clone = root / "org" / "infra.git", root / "clone"
+    out = root / "out"
+    git_repo(clone, {"deployment.nix": deployment(n, "independent", out)}, bare_remote=remote)
+    url = f"file://{remote}"
+    port = free_port()
+    latencies: list[float] = []
+    with FakeGitHub(repository="org/infra", prefix="") as forge:
+        (root / "token").write_text(forge.token)
+        (root / "secret").write_text("bench-secret")
+        (root / "nixgitops.toml").write_text(
+            f'[controller]\ndata_dir = "{root / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+            f'[forges.gh]\nkind = "github"\napi_url = "{forge.url}"\ntoken_file = "{root / "token"}"\n'
+            f'[receivers.hook]\nkind = "github"\nsecret_file = "{root / "secret"}"\ndeployments = ["b"]\n'
+            f'[deployments.b]\nrepository = "{url}"\ninterval = "1h"\njitter = "1ms"\ndrift_interval = "off"\n'
+            'forge = "gh"\npreviews = true\n'
+        )
+        daemon = Daemon(root / "nixgitops.toml", port)
+        try:
+            daemon.reconcile("b")
+            sh(*GIT, "checkout", "-q", "-b", "topic", cwd=clone)
+            for i in range(updates):
+                text = (clone / "deployment.nix").read_text()
+                (clone / "deployment.nix").write_text(text.replace(f'"v{i % n}"', f'"v{i % n}-pr{i}"', 1))
+                sh(*GIT, "commit", "-qam", f"update {i}", cwd=clone)
+                head = sh("git", "rev-parse", "HEAD", cwd=clone).strip()
+                forge.add_pull_request(1, head, head_branch="topic")
+                started = time.monotonic()
+                sh(*GIT, "push", "-q", str(remote), "HEAD:refs/heads/topic", "HEAD:refs/pull/1/head", cwd=clone)
+                repo = {"id": 1, "clone_url": url}
+                body = json.dumps(
+                    {
+                        "action": "synchronize" if i else "opened",
+                        "number": 1,
+                        "repository": repo,
+                        "pull_request": {
+                            "number": 1,
+                            "head": {"sha": head, "ref": "topic", "repo": repo},
+                            "base": {"ref": "main", "repo": repo},
+                        },
+                    }
+                ).encode()
+                signature = "sha256=" + hmac.new(b"bench-secret", body, hashlib.sha256).hexdigest()
+                headers = {"X-Hub-Signature-256": signature, "X-GitHub-Event": "pull_request"}
+                daemon.post("/hooks/hook", body, {**headers, "X-GitHub-Delivery": f"p{i}"})
+                deadline = time.monotonic() + 120
+                while not any(s.state == "success" for s in forge.statuses(head)):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no preview of {head} within 120 s; see {root}")
+                    time.sleep(0.005)
+                latencies.append(time.monotonic() - started)
+        finally:
+            daemon.stop()
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+    table.add(
+        Row(
+            "8 push to preview status",
+            f"{n} resources, {len(latencies)} pull-request updates",
+            f"p50 {p50:.3f} s, p99 {p99:.3f} s, max {latencies[-1]:.3f} s",
+        )
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system time of a process and of the children it has waited for."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -461,7 +534,7 @@ def status_kb(pid: int, key: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,1000,10000")
-    parser.add_argument("--only", default="1a,1b,2,3,4,5,6,7")
+    parser.add_argument("--only", default="1a,1b,2,3,4,5,6,7,8")
     parser.add_argument("--markdown", type=Path, help="also write the table here, as Markdown")
     parser.add_argument("--idle-window", type=float, default=60.0, help="seconds of idle measured (scenario 5)")
     args = parser.parse_args()
@@ -486,6 +559,8 @@ def main() -> int:
             idle(table, Path(tmp), deployments=50, window=args.idle_window)
         if "7" in only:
             builds(table, Path(tmp), n=1000)
+        if "8" in only:
+            preview_latency(table, Path(tmp), n=100, updates=20)
     print(f"\nmachine: {machine}; whole run {time.monotonic() - started:.0f} s\n")
     print(table.markdown())
     if args.markdown:
