@@ -90,7 +90,10 @@ def test_the_rendered_configuration_is_one_the_controller_accepts(tmp_path: Path
     token = tmp_path / "token"
     token.write_text("t")
     data["server"]["token_file"] = str(token)
+    data["forges"]["hub"]["token_file"] = str(token)
     parsed = parse(data, Path("nixgitops.toml"))
+    assert parsed.forges["hub"].kind == "github" and parsed.deployments["web"].previews is True
+    assert parsed.deployments["web"].forge == "hub"
     assert parsed.deployments["staging"].apply == "plan-only"
     assert parsed.deployments["staging"].drift_interval is None
     assert parsed.deployments["web"].interval == 30 and parsed.deployments["web"].parallelism == 4
