@@ -211,8 +211,10 @@ def test_a_merge_whose_plan_was_not_reviewed_is_held_until_approved(tmp_path: Pa
         # a pull request changes b; it is previewed against the state of now
         git(dev.work, "checkout", "-q", "-b", "topic-1")
         head = push_pull(dev, 1, TWO_PARTS.replace('b = "B"', 'b = "B2"'), "b two")
+        forge.add_pull_request(1, head, head_branch="topic-1")
         pr = PullRequest(1, head, "main", "refs/pull/1/head", False)
         assert previews.ask(pr) and previews.run(pr).outcome == "success"
+        assert "has moved past" not in forge.comments(1)[0].body
 
         # meanwhile a change of a is approved and applied: the state moves under the reviewed plan
         git(dev.work, "checkout", "-q", "main")
@@ -223,6 +225,17 @@ def test_a_merge_whose_plan_was_not_reviewed_is_held_until_approved(tmp_path: Pa
         assert reconciler.reconcile().outcome == "held"
         reconciler.approve(direct)
         assert reconciler.reconcile().outcome == "success"
+
+        # previewed again now, the comment says the base branch moved past the pull request's merge base
+        assert previews.run(pr).outcome == "success"
+        (comment,) = forge.comments(1)
+        assert "has moved past this pull request's merge base" in comment.body
+        # a newer head supersedes an older one still queued: the older shows nothing
+        newer = PullRequest(1, direct, "main", "refs/pull/1/head", False)
+        assert previews.ask(newer)
+        before = len(forge.requests)
+        assert previews.run(pr).outcome == "superseded" and len(forge.requests) == before
+        assert previews.ask(pr)  # (the pull request's real head again, for what follows)
 
         # the merge's plan (A2-B -> A2-B2) is not the plan shown (A-B -> A-B2): held, and the status says why
         git(dev.work, "merge", "-q", "--no-ff", "-m", "Merge pull request #1", "topic-1")
