@@ -245,6 +245,14 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         if deployment.forge is not None and deployment.forge not in forges:
             known = ", ".join(sorted(forges)) or "none"
             raise ConfigError(f"{where(prefix + '.forge')}: no [forges.{deployment.forge}] is configured ({known}).")
+        loose = not deployment.evaluation.restrict or deployment.evaluation.allowed_paths
+        if deployment.previews_from_forks and deployment.flake is None and loose:
+            raise ConfigError(
+                f"{where(prefix + '.previews_from_forks')}: a fork's Nix code would be evaluated without Nix's"
+                " restricted mode, or with paths outside the repository readable (restrict_eval = false,"
+                " allowed_paths), and its plan shown on the pull request. Keep restricted evaluation for such a"
+                " deployment, or leave previews_from_forks off."
+            )
         for option in ("previews", "require_reviewed_plan"):
             if getattr(deployment, option) and deployment.forge is None:
                 raise ConfigError(f"{where(prefix + '.' + option)} needs `forge`: the forge that shows the plans.")

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +27,14 @@ from controller.errors import NixgitopsError
 from controller.model import ABSENT, UNKNOWN
 from controller.plan_render import render_plan, summary
 from controller.planning import Action, Plan, without_deletes
-from controller.source import remote_ref
+from controller.source import Cache, remote_ref
 from webhooks.forge import Forge, ForgeConfig, ForgeError, PullRequest, open_forge
 
 if TYPE_CHECKING:
     from controller.reconciler import Reconciler, Run
 
 FIRST_LINE = 200  # characters of an error's first line shown in a status
+SHOWN_KEPT = 200  # commits whose shown outcome the book remembers
 
 
 def context(deployment: str) -> str:
@@ -69,6 +71,7 @@ def digest(plan: Plan) -> str:
         if c.action is not Action.NOOP
     ]
     items.append([[m, list(w)] for m, w in plan.structural])
+    items.append([[p.name, dict(p.before), dict(p.after)] for p in plan.providers])
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -124,15 +127,36 @@ class Book:
                 approved.append(commit)
             self._write(data)
 
+    def shown(self, commit: str) -> str | None:
+        """The outcome last shown on the forge for ``commit`` (None: nothing yet)."""
+        with self._lock:
+            found = (self._read().get("shown") or {}).get(commit)
+        return found if isinstance(found, str) else None
+
+    def mark_shown(self, commit: str, outcome: str) -> None:
+        with self._lock:
+            data = self._read()
+            shown = data.setdefault("shown", {})
+            shown.pop(commit, None)
+            shown[commit] = outcome
+            while len(shown) > SHOWN_KEPT:
+                shown.pop(next(iter(shown)))
+            self._write(data)
+
     def approved(self, commit: str) -> bool:
         with self._lock:
             return commit in (self._read().get("approved") or [])
 
     def pull_for(self, commit: str, parents: Iterable[str]) -> tuple[int, dict[str, Any]] | None:
-        """The pull request whose last previewed head is ``commit`` or one of its ``parents`` (a merge commit)."""
-        candidates = [commit, *parents]
-        found = [(int(n), e) for n, e in self.pulls().items() if e.get("head") in candidates]
-        return max(found, key=lambda f: str(f[1].get("at", ""))) if found else None
+        """The pull request that brought ``commit``: the one whose last previewed head is the commit itself (a
+        fast-forward or rebase merge), else one of its merged parents (a merge commit: not the first parent, the
+        branch merged into, whose head may be an earlier pull request's)."""
+        pulls = self.pulls()
+        for candidate in [commit, *list(parents)[1:]]:
+            found = [(int(n), e) for n, e in pulls.items() if e.get("head") == candidate]
+            if found:
+                return max(found, key=lambda f: str(f[1].get("at", "")))
+        return None
 
 
 @dataclass
@@ -166,6 +190,12 @@ class Previews:
         self._latest: dict[int, str] = {}  # the newest head asked for, per pull request
         self._lock = threading.Lock()
         self._running = threading.Lock()  # one preview of this deployment at a time
+        # Git objects of their own (libgit2 objects are not shared between threads; reconciles run on others):
+        # a source cache of its own, and the state cache's directory opened again, read only
+        self.source = Cache(reconciler.config.data_dir / "git" / f"{d.name}.previews")
+        self._state_dir = reconciler.state_cache.directory
+        # statuses and comments of applies go out in order on a thread of their own: a slow forge never holds a run
+        self._poster = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forge-{d.name}")
 
     @classmethod
     def for_reconciler(cls, reconciler: Reconciler, **kwargs: Any) -> Previews | None:
@@ -177,8 +207,13 @@ class Previews:
         return cls(reconciler, forge, **kwargs)
 
     def close(self) -> None:
-        """Close the forge client's connections."""
+        """Send what is queued, then close the forge client's connections."""
+        self._poster.shutdown(wait=True)
         self.forge.close()
+
+    def flush(self) -> None:
+        """Wait until the statuses and comments queued so far are sent."""
+        self._poster.submit(lambda: None).result()
 
     # -- requests ------------------------------------------------------------------------------------------
 
@@ -222,7 +257,13 @@ class Previews:
             self._say(f"cannot list open pull requests: {first_line(exc)}")
             return []
         seen = self.book.pulls()
-        wanted = [pr for pr in open_pulls if (seen.get(str(pr.number)) or {}).get("head") != pr.head_sha]
+        with self._lock:  # a head already queued or running is not asked for again
+            asked = dict(self._latest)
+        wanted = [
+            pr
+            for pr in open_pulls
+            if (seen.get(str(pr.number)) or {}).get("head") != pr.head_sha and asked.get(pr.number) != pr.head_sha
+        ]
         return [pr for pr in wanted if self.ask(pr)]
 
     # -- one preview ---------------------------------------------------------------------------------------
@@ -245,7 +286,7 @@ class Previews:
         self._status(pr.head_sha, "pending", "Planning the pull request")
         try:
             plan, base_note = self._plan(pr)
-        except (NixgitopsError, ForgeError, OSError) as exc:
+        except Exception as exc:
             if self.superseded(pr):
                 return Result(pr.number, pr.head_sha, "superseded")
             text = str(exc).strip()
@@ -278,7 +319,7 @@ class Previews:
         """The head's plan against the current state, and what to say when the base branch moved past the pull
         request's merge base."""
         r, d = self.reconciler, self.reconciler.deployment
-        source = r.source
+        source = self.source
         local = f"refs/nixgitops/pulls/{pr.number}"
         source.fetch(d.repository, pr.head_ref, local)
         head = source.ref(local)
@@ -291,7 +332,7 @@ class Previews:
         note = ""
         if base is not None:
             if not source.has(base):
-                source.fetch(d.repository, f"refs/heads/{d.branch}", f"refs/remotes/origin/{d.branch}")
+                source.fetch(d.repository, f"refs/heads/{d.branch}", f"refs/nixgitops/base/{d.branch}")
             merge_base = source.repo.merge_base(pr.head_sha, base)
             if merge_base is not None and str(merge_base) != base:
                 note = (
@@ -301,7 +342,7 @@ class Previews:
                 )
         checkout = self.work / str(pr.number)
         source.materialise(pr.head_sha, checkout)
-        engine = r.engine(pr.head_sha, checkout, log=None)
+        engine = r.engine(pr.head_sha, checkout, log=None, repo=Cache(self._state_dir).repo)
         planned = engine.plan(allow_empty=d.allow_empty or not d.prune)
         return (planned.plan if d.prune else without_deletes(planned.plan)), note
 
@@ -322,12 +363,15 @@ class Previews:
     # -- after an apply ------------------------------------------------------------------------------------
 
     def started(self, head: str) -> None:
-        """A run on the tracked branch starts applying ``head``."""
-        self._status(head, "pending", "Applying")
+        """A run on the tracked branch starts applying ``head`` (sent in the background)."""
+        self._poster.submit(self._status, head, "pending", "Applying")
 
     def finished(self, head: str, run: Run, parents: Iterable[str]) -> None:
         """A run on the tracked branch ended: the status on ``head``, and the outcome on the pull request that
-        brought it."""
+        brought it (sent in the background, in order)."""
+        self._poster.submit(self._finished, head, run, list(parents))
+
+    def _finished(self, head: str, run: Run, parents: list[str]) -> None:
         c = run.counts
         plus, minus = c.get("create", 0) + c.get("replace", 0), c.get("delete", 0) + c.get("replace", 0)
         if run.outcome in ("success", "no-change"):

@@ -48,6 +48,7 @@ from controller.processes import CommandFailed, run
 from controller.provider_client import Providers
 from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref, remote_refs
 from controller.state_branch import StateBranch
+from webhooks.forge import ForgeError
 
 RETRY = {"failed", "unavailable", "busy"}
 SHARED_RETRIES = 5  # pushes of one run, each after taking what other deployments sharing the state branch pushed
@@ -112,7 +113,8 @@ class Reconciler:
         # (source commit, state commit) after the last run that applied everything: polling the same pair again
         # needs no evaluation
         self._settled: tuple[str, str | None] | None = None
-        self._shown: tuple[str, str] | None = None  # the last (commit, outcome) shown on the forge
+        self._previews: Previews | None = None
+        self._previews_lock = threading.Lock()
         data = config.data_dir
         self._source_dir = data / "git" / deployment.name
         self._state_dir = (
@@ -290,16 +292,34 @@ class Reconciler:
                 record.outcome, record.message = "failed", str(exc)
             self.last = record
             self.history.append(record)
-            self._show_outcome(record)
+            try:
+                self._show_outcome(record)
+            except (NixgitopsError, ForgeError, OSError) as exc:  # the forge never fails a run
+                if self.log is not None:
+                    self.log(f"[{self.deployment.name}] cannot show the outcome: {str(exc).splitlines()[0]}")
             self._write_status(record, extra)
             self._observe(record)
             if self.log is not None:
                 self.log(f"[{self.deployment.name}] {record.outcome}: {record.message}".rstrip(": "))
             return record
 
-    @functools.cached_property
+    @property
     def previews(self) -> Previews | None:
-        """Previews and outcomes on the forge, when the deployment names one."""
+        """Previews and outcomes on the forge, when the deployment names one; None while its client cannot start
+        (a token file that cannot be read: logged, and tried again at the next use). Never fails a reconcile."""
+        if self._previews is not None or self.deployment.forge is None:
+            return self._previews
+        with self._previews_lock:
+            if self._previews is None:
+                try:
+                    self._previews = self._open_previews()
+                except (NixgitopsError, ForgeError, OSError, ValueError) as exc:
+                    if self.log is not None:
+                        self.log(f"[{self.deployment.name}] no previews or statuses: {str(exc).splitlines()[0]}")
+                    return None
+        return self._previews
+
+    def _open_previews(self) -> Previews | None:
         count = None
         if self.metrics is not None:
             metrics, name, forge = self.metrics, self.deployment.name, self.deployment.forge or "-"
@@ -334,15 +354,18 @@ class Reconciler:
 
     def _show_outcome(self, record: Run) -> None:
         """The run's outcome as the status of its commit (and on the pull request that brought it), once per commit
-        and outcome: a poll of an applied commit shows nothing again."""
+        and outcome (kept in the data directory: a poll of an applied commit, or a restart, shows nothing again;
+        a no-change run of a commit already shown leaves what was shown)."""
         head = record.source_commit
         shown = record.outcome in ("success", "failed", "held", "evaluation-failed", "refused", "no-change")
-        if self.previews is None or head is None or not shown or (head, record.outcome) == self._shown:
+        previews = self.previews
+        if previews is None or head is None or not shown:
             return
-        if record.outcome == "no-change" and self._shown is not None and self._shown[0] == head:
+        last = previews.book.shown(head)
+        if last == record.outcome or (record.outcome == "no-change" and last is not None):
             return
-        self._shown = (head, record.outcome)
-        self.previews.finished(head, record, self._parents(head))
+        previews.book.mark_shown(head, record.outcome)
+        previews.finished(head, record, self._parents(head))
 
     def _parents(self, commit: str) -> list[str]:
         try:
@@ -476,12 +499,14 @@ class Reconciler:
         if d.apply == "plan-only":
             raise Stop("planned", f"plan only: {sum(v for k, v in record.counts.items() if k != 'noop')} change(s)")
 
-        if d.require_reviewed_plan and plan.has_changes and self.previews is not None:
-            why = self.previews.review(head, self._parents(head), plan)
+        previews = self.previews
+        if d.require_reviewed_plan and (plan.has_changes or plan.providers) and previews is not None:
+            why = previews.review(head, self._parents(head), plan)
             if why is not None:
                 raise Stop("held", f"not applied: {why}")
-        if plan.has_changes and self.previews is not None:
-            self.previews.started(head)
+        if plan.has_changes and previews is not None:
+            previews.book.mark_shown(head, "running")  # (the outcome of this run is shown again, whatever it is)
+            previews.started(head)
         started = time.monotonic()
         committing, outcome, message = 0.0, "no-change", "nothing to do"
         for round_ in range(STRUCTURE_ROUNDS):
@@ -528,8 +553,11 @@ class Reconciler:
             if pinned or d.flake is not None:  # else it may read what changes (a flake's inputs are locked)
                 self._settled = (head, self._local(self._state_ref))
 
-    def engine(self, head: str, checkout: Path, *, log: Callable[[str], None] | None) -> Engine:
-        """The engine of this deployment at commit ``head``, whose files are in ``checkout``."""
+    def engine(
+        self, head: str, checkout: Path, *, log: Callable[[str], None] | None, repo: pygit2.Repository | None = None
+    ) -> Engine:
+        """The engine of this deployment at commit ``head``, whose files are in ``checkout`` (``repo``: the state
+        cache opened by the caller, for a thread of its own)."""
         d = self.deployment
         return Engine(
             Settings(
@@ -545,7 +573,7 @@ class Reconciler:
                 flake=f".#{d.flake}" if d.flake is not None else None,
                 member=d.member,
             ),
-            repo=self.state_cache.repo,
+            repo=repo if repo is not None else self.state_cache.repo,
             entry_file=checkout / ("flake.nix" if d.flake is not None else d.file),
             source_commit=head,
             journal=self.journal,

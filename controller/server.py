@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -289,6 +290,10 @@ def create_app(
     @app.post("/api/v1/deployments/{name}/approve", summary="Let a commit held by require_reviewed_plan be applied")
     def approve(name: Name, request: Request, commit: str) -> dict[str, Any]:
         authorised(request)
+        if token is None:  # it lifts require_reviewed_plan: never without a token
+            raise HTTPException(403, "approving over the API needs [server] token_file; or run `nixgitops approve`")
+        if not re.fullmatch(r"[0-9a-f]{4,64}", commit):
+            raise HTTPException(422, "commit must be a commit id (4 to 64 hex digits)")
         try:
             found = reconciler(name).approve(commit)
         except UserError as exc:

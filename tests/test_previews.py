@@ -242,6 +242,7 @@ def test_a_merge_whose_plan_was_not_reviewed_is_held_until_approved(tmp_path: Pa
         git(dev.work, "push", "-q", "origin", "HEAD:refs/heads/main")
         merge = git(dev.work, "rev-parse", "HEAD").strip()
         held = reconciler.reconcile()
+        previews.flush()  # (statuses go out on a thread of their own)
         assert held.outcome == "held" and "not the plan last shown on pull request #1" in held.message, held
         assert "nixgitops approve web" in held.message
         (status,) = [s for s in forge.statuses(merge) if s.context == "nixgitops/web"]
@@ -250,6 +251,7 @@ def test_a_merge_whose_plan_was_not_reviewed_is_held_until_approved(tmp_path: Pa
 
         reconciler.approve(merge)
         done = reconciler.reconcile()
+        previews.flush()
         assert done.outcome == "success", done
         assert ("success", "Applied: +0 ~1 -0") in states(forge, merge)
 
@@ -260,3 +262,39 @@ def test_a_merge_whose_plan_was_not_reviewed_is_held_until_approved(tmp_path: Pa
         assert again.previews is not None and again.previews.book.approved(merge)
         assert again.previews.book.pulls()["1"]["head"] == head
         again.previews.close()
+
+
+def test_a_forge_that_cannot_be_used_never_fails_a_run(tmp_path: Path, server: GitServer) -> None:
+    """The token file gone after start-up: the run applies, and says why nothing was shown."""
+    from controller.config import load
+    from controller.reconciler import Reconciler
+
+    (tmp_path / "dev").mkdir()
+    dev = Developer(server, tmp_path / "dev", name="org/infra.git")
+    with FakeGitHub(repository="org/infra") as forge:
+        config = configure(tmp_path, server.url("org/infra.git"), forge, free_port())
+        loaded = load(config)
+        (tmp_path / "forge-token").unlink()
+        said: list[str] = []
+        reconciler = Reconciler(loaded, loaded.deployment("web"), log=said.append)
+        dev.push(deployment(motd="one"))
+        assert reconciler.reconcile().outcome == "success"
+        assert any("no previews or statuses" in line for line in said), said
+        assert forge.requests == []
+
+
+def test_forks_are_not_previewed_with_unrestricted_evaluation(tmp_path: Path) -> None:
+    from controller.config import ConfigError, load
+
+    with FakeGitHub(repository="org/infra") as forge:
+        config = configure(
+            tmp_path, "https://example.org/org/infra.git", forge, free_port(), "previews_from_forks = true\n"
+        )
+        load(config)  # restricted: allowed
+        config.write_text(config.read_text() + "restrict_eval = false\n")
+        try:
+            load(config)
+        except ConfigError as exc:
+            assert "previews_from_forks" in str(exc) and "restricted mode" in str(exc)
+        else:
+            raise AssertionError("a fork's code would have been evaluated unrestricted")
