@@ -611,3 +611,9 @@ def _wait(state: RetryCallState) -> float:
 
 def _stop(state: RetryCallState) -> bool:
     return state.attempt_number >= MAX_ATTEMPTS or state.idle_for + state.upcoming_sleep > WAIT_BUDGET
+
+
+def items(page: Any) -> Iterator[dict[str, Any]]:
+    """The objects of a page that is a JSON list (the listings of GitHub, Gitea and GitLab)."""
+    if isinstance(page, list):
+        yield from (item for item in page if isinstance(item, dict))

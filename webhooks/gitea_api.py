@@ -19,23 +19,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from webhooks.forge import (
-    Comment,
-    ForgeError,
-    HttpForge,
-    PullRequest,
-    check_sha,
-    check_state,
-    cut_line,
-    owner_and_name,
-    quote,
-)
+from webhooks.forge import Comment, PullRequest, items
+from webhooks.github_api import GitHubForge
 
-STATE = {"pending": "pending", "success": "success", "failure": "failure", "error": "error"}
 PAGE = 50  # Gitea's default [api] MAX_RESPONSE_ITEMS
 
 
-class GiteaForge(HttpForge):
+class GiteaForge(GitHubForge):
+    """Gitea's API follows GitHub's (the same paths for statuses and comments, the same states): what differs is
+    the token header, the limits, paging, and the listing of pull requests (no base filter, repository ids)."""
+
     kind = "gitea"
     comment_limit = 65_536
     description_limit = 255
@@ -43,58 +36,22 @@ class GiteaForge(HttpForge):
     def auth_headers(self, token: str) -> dict[str, str]:
         return {"Authorization": f"token {token}"}
 
-    def repo(self, repository: str) -> str:
-        try:
-            owner, name = owner_and_name(repository)
-        except ValueError as err:
-            raise ForgeError(f"forge {self.config.name}: {err}") from None
-        return f"/repos/{quote(owner)}/{quote(name)}"
-
-    def set_status(
-        self,
-        repository: str,
-        sha: str,
-        state: str,
-        context: str,
-        description: str,
-        target_url: str | None = None,
-    ) -> None:
-        payload: dict[str, Any] = {
-            "state": STATE[check_state(state)],
-            "context": context,
-            "description": cut_line(description, self.description_limit),
-        }
-        if target_url:
-            payload["target_url"] = target_url
-        self.request("POST", f"{self.repo(repository)}/statuses/{check_sha(sha)}", json=payload)
-
     def list_comments(self, repository: str, number: int) -> Iterator[Comment]:
         path = f"{self.repo(repository)}/issues/{number}/comments"
         for page in self.link_pages(path, {}):
-            for item in _items(page):
+            for item in items(page):
                 if isinstance(item.get("id"), int) and isinstance(item.get("body"), str):
                     yield Comment(item["id"], item["body"])
-
-    def create_comment(self, repository: str, number: int, body: str) -> None:
-        self.request("POST", f"{self.repo(repository)}/issues/{number}/comments", json={"body": body}, repeatable=False)
-
-    def edit_comment(self, repository: str, number: int, comment: Comment, body: str) -> None:
-        self.request("PATCH", f"{self.repo(repository)}/issues/comments/{comment.id}", json={"body": body})
 
     def open_pull_requests(self, repository: str, base_branch: str) -> list[PullRequest]:
         path = f"{self.repo(repository)}/pulls"
         found: dict[int, PullRequest] = {}
         for page in self.link_pages(path, {"state": "open", "sort": "oldest", "limit": PAGE, "page": 1}):
-            for item in _items(page):
+            for item in items(page):
                 pull = _pull(item)
                 if pull is not None and pull.base_branch == base_branch:
                     found.setdefault(pull.number, pull)
         return list(found.values())
-
-
-def _items(page: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(page, list):
-        yield from (item for item in page if isinstance(item, dict))
 
 
 def _repo_id(side: dict[str, Any]) -> object:

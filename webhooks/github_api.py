@@ -23,6 +23,7 @@ from webhooks.forge import (
     check_sha,
     check_state,
     cut_line,
+    items,
     owner_and_name,
     quote,
 )
@@ -72,7 +73,7 @@ class GitHubForge(HttpForge):
     def list_comments(self, repository: str, number: int) -> Iterator[Comment]:
         path = f"{self.repo(repository)}/issues/{number}/comments"
         for page in self.link_pages(path, {"per_page": PAGE, "page": 1}):
-            for item in _items(page):
+            for item in items(page):
                 if isinstance(item.get("id"), int) and isinstance(item.get("body"), str):
                     yield Comment(item["id"], item["body"])
 
@@ -88,16 +89,11 @@ class GitHubForge(HttpForge):
         params["per_page"] = PAGE
         found: dict[int, PullRequest] = {}
         for page in self.link_pages(path, {**params, "page": 1}):
-            for item in _items(page):
+            for item in items(page):
                 pull = _pull(item)
                 if pull is not None and pull.base_branch == base_branch:
                     found.setdefault(pull.number, pull)
         return list(found.values())
-
-
-def _items(page: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(page, list):
-        yield from (item for item in page if isinstance(item, dict))
 
 
 def _pull(item: dict[str, Any]) -> PullRequest | None:

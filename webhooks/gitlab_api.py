@@ -30,6 +30,7 @@ from webhooks.forge import (
     check_sha,
     check_state,
     cut_line,
+    items,
     quote,
     repository_path,
     units,
@@ -92,7 +93,7 @@ class GitLabForge(HttpForge):
     def list_comments(self, repository: str, number: int) -> Iterator[Comment]:
         params: dict[str, str | int] = {"sort": "asc", "order_by": "created_at", "per_page": PAGE, "page": 1}
         for page in self.get_pages(self.notes_path(repository, number), params, _next_page):
-            for item in _items(page):
+            for item in items(page):
                 if item.get("system"):
                     continue  # GitLab's own notes ("added 1 commit"): never ours
                 if isinstance(item.get("id"), int) and isinstance(item.get("body"), str):
@@ -116,7 +117,7 @@ class GitLabForge(HttpForge):
         }
         found: dict[int, PullRequest] = {}
         for page in self.get_pages(path, params, _next_page):
-            for item in _items(page):
+            for item in items(page):
                 pull = _merge_request(item)
                 if pull is not None and pull.base_branch == base_branch:
                     found.setdefault(pull.number, pull)
@@ -132,11 +133,6 @@ def _next_page(response: httpx.Response, data: Any, query: dict[str, str | int])
     if "next" in response.links:
         return {**query, "page": int(query.get("page", 1)) + 1}
     return None
-
-
-def _items(page: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(page, list):
-        yield from (item for item in page if isinstance(item, dict))
 
 
 def _merge_request(item: dict[str, Any]) -> PullRequest | None:
