@@ -298,3 +298,72 @@ def test_forks_are_not_previewed_with_unrestricted_evaluation(tmp_path: Path) ->
             assert "previews_from_forks" in str(exc) and "restricted mode" in str(exc)
         else:
             raise AssertionError("a fork's code would have been evaluated unrestricted")
+
+
+def test_the_daemon_holds_a_stale_reviewed_plan_until_approved(tmp_path: Path, server: GitServer) -> None:
+    """As above, through a running controller: webhooks, its status API and `nixgitops approve` from the command
+    line (the approval is in the data directory, which the daemon reads at its next run)."""
+    (tmp_path / "dev").mkdir()
+    dev = Developer(server, tmp_path / "dev", name="org/infra.git")
+    url = server.url("org/infra.git")
+    port = free_port()
+    with FakeGitHub(repository="org/infra") as forge:
+        config = configure(tmp_path, url, forge, port, extra="require_reviewed_plan = true\n")
+        first = dev.push(TWO_PARTS)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "controller", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        alive = lambda: daemon.poll() is None  # noqa: E731
+
+        def held(sha: str) -> bool:
+            return any(s.startswith("Held:") for state, s in states(forge, sha) if state == "failure")
+
+        def approve_and_apply(sha: str) -> None:
+            done = subprocess.run(
+                [sys.executable, "-m", "controller", "approve", "web", sha, "--config", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0 and "approved" in done.stdout, done.stdout + done.stderr
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/deployments/web/reconcile?wait=true", data=b"", method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=120) as response:
+                assert json.loads(response.read())["outcome"] == "success"
+
+        try:
+            wait_until(lambda: held(first), "the first commit held: no pull request brought it", alive=alive)
+            approve_and_apply(first)
+
+            git(dev.work, "checkout", "-q", "-b", "topic-1")
+            head = push_pull(dev, 1, TWO_PARTS.replace('b = "B"', 'b = "B2"'), "b two")
+            forge.add_pull_request(1, head, head_branch="topic-1")
+            send(port, "pull_request", pull_request_event("opened", 1, head, url), "r1")
+            wait_until(lambda: any(state == "success" for state, _ in states(forge, head)), "the preview", alive=alive)
+
+            git(dev.work, "checkout", "-q", "main")
+            (dev.work / "deployment.nix").write_text(TWO_PARTS.replace('a = "A"', 'a = "A2"'))
+            git(dev.work, "commit", "-q", "-am", "a two")
+            git(dev.work, "push", "-q", "origin", "HEAD:refs/heads/main")
+            direct = git(dev.work, "rev-parse", "HEAD").strip()
+            send(port, "push", {"ref": "refs/heads/main", "after": direct, "repository": {"git_url": url}}, "r2")
+            wait_until(lambda: held(direct), "the direct push held", alive=alive)
+            approve_and_apply(direct)
+
+            git(dev.work, "merge", "-q", "--no-ff", "-m", "Merge pull request #1", "topic-1")
+            git(dev.work, "push", "-q", "origin", "HEAD:refs/heads/main")
+            merge = git(dev.work, "rev-parse", "HEAD").strip()
+            send(port, "push", {"ref": "refs/heads/main", "after": merge, "repository": {"git_url": url}}, "r3")
+            wait_until(lambda: held(merge), "the stale merge held", alive=alive)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/deployments/web", timeout=10) as response:
+                last = json.loads(response.read())["lastRun"]
+            assert last["outcome"] == "held" and "not the plan last shown on pull request #1" in last["message"]
+            approve_and_apply(merge)
+            wait_until(lambda: ("success", "Applied: +0 ~1 -0") in states(forge, merge), "the merge applied")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
