@@ -500,7 +500,11 @@ class Reconciler:
             raise Stop("planned", f"plan only: {sum(v for k, v in record.counts.items() if k != 'noop')} change(s)")
 
         previews = self.previews
-        if d.require_reviewed_plan and (plan.has_changes or plan.providers) and previews is not None:
+        if d.require_reviewed_plan and (plan.has_changes or plan.providers):
+            if previews is None:  # fail closed: no review can be checked, so nothing is applied
+                raise Stop(
+                    "held", "not applied: the forge's client cannot start, so the reviewed plan cannot be checked"
+                )
             why = previews.review(head, self._parents(head), plan)
             if why is not None:
                 raise Stop("held", f"not applied: {why}")

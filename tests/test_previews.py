@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,11 @@ def test_a_forge_that_cannot_be_used_never_fails_a_run(tmp_path: Path, server: G
         assert reconciler.reconcile().outcome == "success"
         assert any("no previews or statuses" in line for line in said), said
         assert forge.requests == []
+        # ... but a deployment that applies only reviewed plans applies nothing it cannot check
+        strict = Reconciler(loaded, replace(loaded.deployment("web"), require_reviewed_plan=True), log=said.append)
+        dev.push(deployment(motd="two"))
+        run = strict.reconcile()
+        assert run.outcome == "held" and "cannot be checked" in run.message, run
 
 
 def test_forks_are_not_previewed_with_unrestricted_evaluation(tmp_path: Path) -> None:
