@@ -10,23 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webhooks.base import (
-    PULL_REQUEST,
-    PULL_REQUEST_CLOSED,
-    PULL_REQUEST_IGNORED,
-    Delivery,
-    Rejected,
-    branch_push,
-    check_hmac,
-    different,
-    dig,
-    header,
-    integer,
-    json_body,
-    pull_request,
-    text,
-    urls,
-)
+from webhooks.base import Delivery, branch_push, check_hmac, different, dig, header, json_body, text, urls
+from webhooks.github import pull_request_delivery
 
 PREVIEW_ACTIONS = ("opened", "synchronized", "reopened")
 
@@ -50,32 +35,7 @@ def _urls(repo: Any) -> tuple[str, ...]:
 
 def _pull_request(data: dict[str, Any], delivery: str | None) -> Delivery:
     pr = data.get("pull_request")
-    if not isinstance(pr, dict):
-        raise Rejected(400, "a pull_request payload must have a `pull_request` object")
-    action = text(data, "action")
-    if action in PREVIEW_ACTIONS or (action == "edited" and isinstance(dig(data, "changes", "ref"), dict)):
-        event = PULL_REQUEST
-    elif action == "closed":
-        event = PULL_REQUEST_CLOSED
-    else:
-        event = PULL_REQUEST_IGNORED
-    number = integer(pr, "number")
-    if number is None:
-        number = integer(data, "number")
-    base_repo, head_repo = dig(pr, "base", "repo"), dig(pr, "head", "repo")
     fork = different(dig(pr, "head", "repo_id"), dig(pr, "base", "repo_id"))
     if fork is None:
-        fork = different(dig(head_repo, "id"), dig(base_repo, "id"))
-    return pull_request(
-        event,
-        delivery,
-        action=action,
-        number=number,
-        head_sha=text(pr, "head", "sha"),
-        base_branch=text(pr, "base", "ref"),
-        repositories=urls(*_urls(base_repo), *_urls(data.get("repository"))),
-        head_repositories=_urls(head_repo),
-        head_branch=text(pr, "head", "ref"),
-        head_ref=f"refs/pull/{number}/head",
-        fork=fork,
-    )
+        fork = different(dig(pr, "head", "repo", "id"), dig(pr, "base", "repo", "id"))
+    return pull_request_delivery(data, delivery, PREVIEW_ACTIONS, retarget="ref", urls_of=_urls, fork=fork)

@@ -6,7 +6,7 @@ branch ask for a preview; ``closed`` (merged or not) ends one; every other actio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from webhooks.base import (
@@ -51,10 +51,27 @@ def _urls(repo: Any) -> tuple[str, ...]:
 
 def _pull_request(data: dict[str, Any], delivery: str | None) -> Delivery:
     pr = data.get("pull_request")
+    head_repo = dig(pr, "head", "repo")  # null for a deleted fork
+    fork = different(dig(head_repo, "id"), dig(pr, "base", "repo", "id")) if isinstance(head_repo, dict) else True
+    return pull_request_delivery(data, delivery, PREVIEW_ACTIONS, retarget="base", urls_of=_urls, fork=fork)
+
+
+def pull_request_delivery(
+    data: dict[str, Any],
+    delivery: str | None,
+    preview_actions: tuple[str, ...],
+    *,
+    retarget: str,
+    urls_of: Callable[[Any], tuple[str, ...]],
+    fork: bool | None,
+) -> Delivery:
+    """A ``pull_request`` payload in GitHub's shape (Gitea's and Forgejo's follow it): ``preview_actions`` ask for
+    a preview, and so does ``edited`` whose ``changes`` name ``retarget`` (a new target branch)."""
+    pr = data.get("pull_request")
     if not isinstance(pr, dict):
         raise Rejected(400, "a pull_request payload must have a `pull_request` object")
     action = text(data, "action")
-    if action in PREVIEW_ACTIONS or (action == "edited" and isinstance(dig(data, "changes", "base"), dict)):
+    if action in preview_actions or (action == "edited" and isinstance(dig(data, "changes", retarget), dict)):
         event = PULL_REQUEST
     elif action == "closed":
         event = PULL_REQUEST_CLOSED
@@ -63,7 +80,6 @@ def _pull_request(data: dict[str, Any], delivery: str | None) -> Delivery:
     number = integer(pr, "number")
     if number is None:
         number = integer(data, "number")
-    base_repo, head_repo = dig(pr, "base", "repo"), dig(pr, "head", "repo")  # head.repo is null for a deleted fork
     return pull_request(
         event,
         delivery,
@@ -71,9 +87,9 @@ def _pull_request(data: dict[str, Any], delivery: str | None) -> Delivery:
         number=number,
         head_sha=text(pr, "head", "sha"),
         base_branch=text(pr, "base", "ref"),
-        repositories=urls(*_urls(base_repo), *_urls(data.get("repository"))),
-        head_repositories=_urls(head_repo),
+        repositories=urls(*urls_of(dig(pr, "base", "repo")), *urls_of(data.get("repository"))),
+        head_repositories=urls_of(dig(pr, "head", "repo")),
         head_branch=text(pr, "head", "ref"),
         head_ref=f"refs/pull/{number}/head",
-        fork=different(dig(head_repo, "id"), dig(base_repo, "id")) if isinstance(head_repo, dict) else True,
+        fork=fork,
     )
