@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,20 +259,30 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     return Config(path, data_dir, identity, deployments, server, receivers, forges)
 
 
-def _forges(tables: Any, where: Any) -> dict[str, ForgeSettings]:
+def _named_tables(
+    tables: Any, section: str, keys: set[str], kinds: Sequence[str], where: Any
+) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    """Each ``[section.<name>]`` table, checked for its name, its keys and its ``kind``: (name, prefix, table, kind)."""
     if not isinstance(tables, dict):
-        raise ConfigError(f"{where('forges')} must be tables [forges.<name>].")
-    forges = {}
+        raise ConfigError(f"{where(section)} must be tables [{section}.<name>].")
     for name, table in tables.items():
-        prefix = f"forges.{name}"
+        prefix = f"{section}.{name}"
         if not NAME.match(name) or not isinstance(table, dict):
             raise ConfigError(f"{where(prefix)} must be a table named with letters, digits, _ - .")
-        unknown = set(table) - {"kind", "api_url", "token_file"}
+        unknown = set(table) - keys
         if unknown:
             raise ConfigError(f"{where(prefix + '.' + sorted(unknown)[0])} is not a known key.")
         kind = table.get("kind")
-        if kind not in FORGE_KINDS:
-            raise ConfigError(f"{where(prefix + '.kind')} must be one of {', '.join(FORGE_KINDS)}, not {kind!r}.")
+        if not isinstance(kind, str) or kind not in kinds:
+            raise ConfigError(f"{where(prefix + '.kind')} must be one of {', '.join(kinds)}, not {kind!r}.")
+        yield str(name), prefix, table, kind
+
+
+def _forges(tables: Any, where: Any) -> dict[str, ForgeSettings]:
+    forges = {}
+    for name, prefix, table, kind in _named_tables(
+        tables, "forges", {"kind", "api_url", "token_file"}, FORGE_KINDS, where
+    ):
         api_url = table.get("api_url", DEFAULT_API_URLS.get(kind))
         if not isinstance(api_url, str) or not api_url.startswith(("http://", "https://")):
             raise ConfigError(
@@ -302,19 +312,9 @@ def _server(table: Any, where: Any) -> ServerConfig:
 def _receivers(tables: Any, deployments: Mapping[str, DeploymentConfig], where: Any) -> dict[str, ReceiverConfig]:
     from webhooks import KINDS
 
-    if not isinstance(tables, dict):
-        raise ConfigError(f"{where('receivers')} must be tables [receivers.<name>].")
     receivers = {}
-    for name, table in tables.items():
-        prefix = f"receivers.{name}"
-        if not NAME.match(name) or not isinstance(table, dict):
-            raise ConfigError(f"{where(prefix)} must be a table named with letters, digits, _ - .")
-        unknown = set(table) - {"kind", "secret_file", "deployments"}
-        if unknown:
-            raise ConfigError(f"{where(prefix + '.' + sorted(unknown)[0])} is not a known key.")
-        kind = table.get("kind")
-        if kind not in KINDS:
-            raise ConfigError(f"{where(prefix + '.kind')} must be one of {', '.join(sorted(KINDS))}, not {kind!r}.")
+    keys = {"kind", "secret_file", "deployments"}
+    for name, prefix, table, kind in _named_tables(tables, "receivers", keys, sorted(KINDS), where):
         secret_file = table.get("secret_file")
         try:
             secret = Path(str(secret_file)).read_bytes().strip()
