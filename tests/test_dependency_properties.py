@@ -38,6 +38,8 @@ from conftest import ROOT, Checkout, git
 from hypothesis import HealthCheck, currently_in_test_context, given, note, settings
 from hypothesis import strategies as st
 
+from controller import paths as member_paths
+
 RECORDER = ROOT / "tests" / "providers" / "recorder.py"
 EXAMPLES = int(os.environ.get("NIXGITOPS_PROPERTY_EXAMPLES", "8"))
 SHRINK_SECONDS = 60
@@ -57,6 +59,7 @@ PROPERTY = settings(
 )
 
 NIX_KEYWORDS = frozenset({"if", "then", "else", "assert", "with", "let", "in", "rec", "inherit", "or"})
+ODD = ("file.txt", "web-1.example.com", "a b", "x/y", "100%")
 FAMILIAR = ("root", "mid", "leaf", "a", "b", "c", "x", "y", "z", "base", "top", "app", "db", "web")
 
 # How one input field reads other resources' outputs: each form and how many resources it reads at most.
@@ -148,6 +151,7 @@ class Graph:
 names = st.one_of(
     st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True).filter(lambda s: s not in NIX_KEYWORDS),
     st.sampled_from(FAMILIAR),
+    st.sampled_from(ODD),  # quoted in paths, hashed in taint tags, escaped in state file names
 )
 
 
@@ -161,7 +165,7 @@ def graphs(draw: st.DrawFn, min_size: int = 2, max_size: int = 12) -> Graph:
         group = draw(st.sampled_from([None, *groups])) if groups else None
         name = draw(names.filter(lambda s, g=group: (g, s) not in taken and (g is not None or s not in groups)))
         taken.add((group, name))
-        paths.append(name if group is None else f"{group}.{name}")
+        paths.append(member_paths.render([name] if group is None else [group, name]))
     # Names sort against the dependency order as often as with it: a third of the graphs each way, a third as drawn.
     orientation = draw(st.sampled_from(["against", "with", "as drawn"]))
     if orientation != "as drawn":
@@ -187,8 +191,13 @@ def graphs(draw: st.DrawFn, min_size: int = 2, max_size: int = 12) -> Graph:
 # -- the deployment text and the values it must produce -------------------------------------------------------
 
 
+def attr(name: str) -> str:
+    """A member name as a Nix attribute name."""
+    return name if member_paths.BARE.fullmatch(name) else nix_string(name)
+
+
 def ref(path: str) -> str:
-    return "members." + ".members.".join(path.split(".")) + ".outputs"
+    return "members." + ".members.".join(attr(n) for n in member_paths.parse(path)) + ".outputs"
 
 
 def nix_string(text: str) -> str:
@@ -226,7 +235,7 @@ def read_value(read: Read, values: dict[str, str]) -> Any:
 def resource_text(node: Node, indent: str) -> str:
     fields = [f"id = {nix_string(node.path)};", f"seed = {nix_string(node.seed)};"]
     fields += [f"r{i} = {read_expression(r)};" for i, r in enumerate(node.reads)]
-    name = node.path.split(".")[-1]
+    name = attr(member_paths.parse(node.path)[-1])
     return f"{indent}members.{name} = {{ type = providers.recorder.memo; inputs = {{ {' '.join(fields)} }}; }};"
 
 
@@ -242,12 +251,13 @@ def deployment_text(graph: Graph, log: Path, *, keep: bool = False) -> str:
     ]
     groups: dict[str, list[Node]] = {}
     for node in graph.nodes:
-        if "." in node.path:
-            groups.setdefault(node.path.split(".")[0], []).append(node)
+        names = member_paths.parse(node.path)
+        if len(names) > 1:
+            groups.setdefault(names[0], []).append(node)
         else:
             lines.append(resource_text(node, "  "))
     for group, members in groups.items():
-        lines.append(f"  members.{group} = {{")
+        lines.append(f"  members.{attr(group)} = {{")
         lines += [resource_text(n, "    ") for n in members]
         lines.append("  };")
     if keep:
