@@ -29,6 +29,8 @@ from controller.journal import Journal
 from controller.model import DesiredResource, KnownOutputs, ResourceState
 from controller.planning import Action, Change, Plan, decide
 from controller.provider_client import Providers
+from controller.sealing import scratch_wrap
+from controller.sensitive import Wrap, mark_outputs, quotes_sensitive, redact
 
 Evaluate = Callable[[Mapping[str, Mapping[str, Any]], set[str]], Evaluation]
 Prepare = Callable[[str, DesiredResource | None], tuple[str, ...]]
@@ -87,6 +89,8 @@ class Executor:
     """The resources whose inputs became known during the run (their edges are refreshed after it)."""
     reads_seen: dict[str, set[str]] = field(default_factory=dict)
     """Every resource each resource was seen to read, over all the run's passes."""
+    wrap: Wrap = scratch_wrap
+    """Makes the outputs a resource declares sensitive ``Sensitive`` (the deployment's sealer's)."""
     _rank_of: dict[str, int] = field(default_factory=dict)
     _running: dict[Future[tuple[ResourceState | None, float]], tuple[str, Action]] = field(default_factory=dict)
     _completed: queue.Queue[Future[Any]] = field(default_factory=queue.Queue)
@@ -119,7 +123,17 @@ class Executor:
             store_paths=tuple(sorted(store_paths)),
             stateless=desired.stateless,
             state_handler=desired.state_handler,
+            sensitive_outputs=tuple(sorted(desired.sensitive_outputs)),
         )
+
+    def _answered(self, record: ResourceState, body: Mapping[str, Any]) -> ResourceState:
+        """``record`` with the outputs of a provider's answer, those it declares sensitive made so."""
+        outputs = dict(body["outputProperties"])
+        # declared sensitive, and any output that quotes a known sensitive value (an input it was sent)
+        hidden = set(record.sensitive_outputs) | {k for k, v in outputs.items() if quotes_sensitive(v)}
+        if hidden:
+            outputs = mark_outputs(outputs, frozenset(hidden), self.wrap)
+        return replace(record, outputs=outputs)
 
     def _call(
         self, provider: str, message: dict[str, Any], what: str, path: str, record: ResourceState | None
@@ -147,14 +161,15 @@ class Executor:
             failpoints.hit("provider-request")
 
         try:
-            body = self.providers.call(provider, message, what=what, before_send=before_send)
+            hide = record.sensitive_outputs if record is not None else ()
+            body = self.providers.call(provider, message, what=what, before_send=before_send, hide=hide)
         except ProviderError as exc:
             if journal is not None and op is not None and not exc.fatal:
                 journal.failed(op)  # refused: nothing happened that state must remember
             raise
         failpoints.hit("provider-response")
         if journal is not None and op is not None:
-            done = replace(record, outputs=dict(body["outputProperties"])) if record is not None else None
+            done = self._answered(record, body) if record is not None else None
             journal.result(op, done.to_json() if done is not None else None, path)
         return body
 
@@ -198,7 +213,7 @@ class Executor:
             request = protocol.create_request(desired.resource_type, desired.inputs, is_stateful=False)
             what = f"createResourceRequest for {desired.path!r}"
             body = self._call(desired.provider, request, what, desired.path, record)
-            return replace(record, outputs=dict(body["outputProperties"]))
+            return self._answered(record, body)
         if change.action is Action.UPDATE:
             assert old is not None
             if dict(old.inputs) == dict(desired.inputs):  # only lifecycle changed: no provider call
@@ -208,7 +223,7 @@ class Executor:
             request = protocol.update_request(desired.resource_type, old.inputs, old.outputs, desired.inputs)
             record = self._record(desired, {}, deps, paths)
             body = self._call(desired.provider, request, what, desired.path, record)
-            return replace(record, outputs=dict(body["outputProperties"]))
+            return self._answered(record, body)
         paths = self.prepare(desired.provider, desired) if self.prepare is not None else ()  # before a destroy
         if change.action is Action.REPLACE:
             assert old is not None
@@ -222,7 +237,7 @@ class Executor:
             if change.action is Action.REPLACE:
                 raise HalfReplaced(f"{exc} The old resource was already destroyed.", fatal=exc.fatal) from None
             raise
-        return replace(record, outputs=dict(body["outputProperties"]))
+        return self._answered(record, body)
 
     # -- the run -------------------------------------------------------------------------------------------
 
@@ -279,6 +294,7 @@ class Executor:
         return resources, errors
 
     def _finish(self, path: str, action: Action, status: str, message: str = "", seconds: float = 0.0) -> None:
+        message = redact(message)  # (a provider's error may quote what it was sent)
         self.outcomes[path] = Outcome(path, action, status, message, seconds)
         self.report(Event(status, path, action, message, seconds))
 

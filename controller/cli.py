@@ -14,17 +14,20 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO, cast
 
 from controller import __version__, paths
 from controller.apply import Event
 from controller.engine import STRUCTURE_ROUNDS, Engine, Planned, RunResult, Settings
-from controller.errors import NixgitopsError, StateError, UserError
-from controller.journal import read_entries
+from controller.errors import NixgitopsError, SecretsError, StateError, UserError
+from controller.journal import read_entries, unresolved
 from controller.model import EvalLimits, NixSettings
 from controller.plan_render import plan_json, render_plan
 from controller.planning import Action
+from controller.sealing import RECIPIENTS_FILE, Encryption, Sealer
+from controller.sensitive import Sensitive, Unavailable, contains, mask_default, redact
 from controller.state_branch import StateBranch
 from controller.state_surgery import move, perform, remove
 
@@ -98,6 +101,14 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--build-timeout", type=_positive_float, default=1800.0, help="seconds one build may take (1800)"
     )
+    common.add_argument(
+        "--identity",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an age identity file or SSH private key that decrypts sensitive values (also NIXGITOPS_IDENTITY_FILE)",
+    )
 
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument("--parallelism", type=_positive, default=8, help="operations at once (default 8)")
@@ -130,6 +141,9 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print a JSON list")
     show = state_sub.add_parser("show", parents=[common], help="show one resource in state as JSON")
     show.add_argument("path", help="dotted member path")
+    show.add_argument(
+        "--show-sensitive", action="store_true", help="show sensitive values in clear (decrypted with --identity)"
+    )
     surgery = argparse.ArgumentParser(add_help=False)
     surgery.add_argument("--json", action="store_true", help="print what changed as one JSON object")
     surgery.add_argument(
@@ -142,6 +156,11 @@ def parser() -> argparse.ArgumentParser:
     move = state_sub.add_parser("mv", parents=[common, surgery], help="rename a resource or a composite in state")
     move.add_argument("old", metavar="OLD", help="the path in state")
     move.add_argument("new", metavar="NEW", help="the new path; nothing may be there")
+    state_sub.add_parser(
+        "rekey",
+        parents=[common, surgery],
+        help="encrypt every sensitive value in state again, to the recipients configured now (one state commit)",
+    )
 
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument("--config", type=Path, required=True, help="the controller's TOML configuration")
@@ -191,7 +210,20 @@ def _settings(args: argparse.Namespace) -> Settings:
         nix=NixSettings(options=tuple((n, v) for n, v in args.nix_options), build_timeout=args.build_timeout),
         flake=args.flake,
         member=_member(getattr(args, "member", None)),
+        encryption=Encryption(
+            identity_files=_identities(args.identity),
+            where=RECIPIENTS_FILE,
+            identity_hint="pass --identity FILE, or set NIXGITOPS_IDENTITY_FILE",
+        ),
     )
+
+
+def _identities(given: list[Path]) -> tuple[Path, ...]:
+    """The identity files: ``--identity`` (each), else ``NIXGITOPS_IDENTITY_FILE`` (paths separated by ``:``)."""
+    if given:
+        return tuple(given)
+    from_env = os.environ.get("NIXGITOPS_IDENTITY_FILE", "")
+    return tuple(Path(p) for p in from_env.split(":") if p)
 
 
 def _member(text: str | None) -> str | None:
@@ -387,7 +419,11 @@ def _surgery_target(args: argparse.Namespace) -> tuple[StateBranch, Path, contex
     config = load(args.config)
     reconciler = Reconciler(config, config.deployment(args.deployment))
     d = reconciler.deployment
-    store = StateBranch(reconciler.state_cache.repo, branch=d.state_branch, deployment=d.name, identity=config.identity)
+    sealer = Sealer(d.encryption, key_file=reconciler.journal.with_suffix(".digest-key"))
+    store = StateBranch(
+        reconciler.state_cache.repo, branch=d.state_branch, deployment=d.name, identity=config.identity, sealer=sealer
+    )
+    sealer.meta = store.load_meta
     if store.tip() is None:
         raise UserError(f"Deployment {d.name!r} has no state branch in {config.data_dir} yet: nothing to change.")
     return store, reconciler.journal, _held_lock(reconciler.lock_path, d.name)
@@ -439,17 +475,69 @@ def cmd_surgery(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     if args.state_command in ("rm", "mv"):
         return cmd_surgery(args)
+    if args.state_command == "rekey":
+        return cmd_rekey(args)
     engine = _engine(args)
     state = engine.load_state()
     if args.state_command == "show":
-        if args.path not in state:
+        path = _member(args.path) or args.path
+        if path not in state:
             raise UserError(f"No resource {args.path!r} in state; `nixgitops state list` shows what is there.")
-        print(json.dumps(state[args.path].to_json(), indent=2, ensure_ascii=False, sort_keys=True))
+        record = state[path].to_json()
+        if args.show_sensitive:  # (the one place that shows them: decrypted with the identity given)
+            text = json.dumps(record, indent=2, ensure_ascii=False, sort_keys=True, default=_revealed)
+            out = sys.stdout
+            (out.write_clear if isinstance(out, _ReaderMayLeave) else out.write)(text + "\n")
+            return 0
+        print(json.dumps(record, indent=2, ensure_ascii=False, sort_keys=True, default=mask_default))
     elif args.json:
-        print(json.dumps([state[p].to_json() for p in sorted(state)], indent=2, ensure_ascii=False))
+        records = [state[p].to_json() for p in sorted(state)]
+        print(json.dumps(records, indent=2, ensure_ascii=False, default=mask_default))
     else:
         for path in sorted(state):
             print(f"{path}  {state[path].type}")
+    return 0
+
+
+def _revealed(value: object) -> Any:
+    """A sensitive value in clear, or why it cannot be shown (a clear error, exit 1)."""
+    if not isinstance(value, Sensitive):
+        raise TypeError(f"{type(value).__name__} is not JSON")
+    try:
+        return value.reveal()
+    except Unavailable as exc:
+        raise SecretsError(f"Cannot show a sensitive value: {exc}.") from None
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    """``state rekey``: every sealed value decrypted (with the identity given) and encrypted again to the
+    recipients configured now, and the digest key with them; one state commit, no provider call."""
+    store, journal_path, lock = _surgery_target(args)
+    sealer = store.sealer
+    if sealer is None or not sealer.encrypting:
+        raise SecretsError(
+            f"No recipients are configured for deployment {store.deployment!r}: list them in {RECIPIENTS_FILE} (one"
+            " per line) or in [deployments.NAME.encryption] recipients, then rekey."
+        )
+    with lock:
+        if unresolved(read_entries(journal_path)):
+            raise UserError("An interrupted run is not settled yet: apply (or reconcile) first, then rekey.")
+        state = store.load()
+        upserts = {}
+        for path, record in sorted(state.items()):
+            if contains(dict(record.inputs)) or contains(dict(record.outputs)):
+                inputs, outputs = sealer.rekey(dict(record.inputs)), sealer.rekey(dict(record.outputs))
+                upserts[path] = replace(record, inputs=inputs, outputs=outputs)
+        sealer.digest_key()
+        meta = {**store.load_meta(), "digestKey": sealer.meta_entry()}
+        count = len(sealer.encryption.recipients)
+        message = f"Rekey {len(upserts)} resource(s) with sensitive values to {count} recipient(s)\n"
+        commit = store.commit(upserts=upserts, deletes=(), meta=meta, message=message, state={**state, **upserts})
+    if args.json:
+        print(json.dumps({"deployment": store.deployment, "commit": commit, "rekeyed": sorted(upserts)}, indent=2))
+        return 0
+    print(f"Rekeyed {len(upserts)} resource(s) to {count} recipient(s).")
+    print(f"State: commit {(commit or 'none')[:12]} on {store.branch} (no provider was called)")
     return 0
 
 
@@ -564,6 +652,11 @@ class _ReaderMayLeave:
         self.gone = False
 
     def write(self, text: str) -> int:
+        """Writes ``text`` with every sensitive value known to the process redacted (``sensitive.redact``)."""
+        return self.write_clear(redact(text))
+
+    def write_clear(self, text: str) -> int:
+        """Writes ``text`` as it is: only ``state show --show-sensitive``."""
         if not self.gone:
             try:
                 return self._stream.write(text)

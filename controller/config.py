@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from controller import paths
-from controller.errors import UserError
+from controller.errors import SecretsError, UserError
 from controller.model import EvalLimits, NixSettings
+from controller.sealing import Encryption, parse_recipient
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -70,6 +71,9 @@ class DeploymentConfig:
     previews_from_forks: bool = False
     """Also plan pull requests whose head is in another repository (runs their author's Nix code)."""
     require_reviewed_plan: bool = False
+    encryption: Encryption = field(default_factory=Encryption)
+    """``[deployments.NAME.encryption]``: the age recipients sensitive values are encrypted to in state, the
+    identity files that decrypt them, and whether a run without recipients is refused (docs/secrets.md)."""
     """Apply a merged commit only when its plan is the plan last shown on the pull request that brought it."""
 
     @property
@@ -364,6 +368,7 @@ KEYS = {
     "require_reviewed_plan",
     "nix_options",
     "build_timeout",
+    "encryption",
 }
 
 
@@ -473,6 +478,7 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
             raise ConfigError(f"{where(prefix + '.member')}: {exc}") from None
         if not member:
             raise ConfigError(f"{where(prefix + '.member')} is empty; leave it out to deploy every member.")
+    encryption = _encryption(table.get("encryption", {}), prefix + ".encryption", where)
     nix = NixSettings(
         options=tuple((k, _nix_value(v)) for k, v in options.items()),
         build_timeout=duration(table.get("build_timeout", "30m"), where(prefix + ".build_timeout")),
@@ -507,6 +513,43 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         previews=flag("previews", False),
         previews_from_forks=flag("previews_from_forks", False),
         require_reviewed_plan=flag("require_reviewed_plan", False),
+        encryption=encryption,
+    )
+
+
+def _encryption(table: Any, prefix: str, where: Any) -> Encryption:
+    """``[deployments.NAME.encryption]``: recipients, identity_file (one path or a list), enforced."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where(prefix)} must be a table with recipients, identity_file and enforced.")
+    unknown = sorted(set(table) - {"recipients", "identity_file", "enforced"})
+    if unknown:
+        raise ConfigError(
+            f"{where(prefix + '.' + unknown[0])} is not a known key; known keys: enforced, identity_file, recipients."
+        )
+    recipients = table.get("recipients", [])
+    if not isinstance(recipients, list) or not all(isinstance(r, str) and r.strip() for r in recipients):
+        raise ConfigError(f"{where(prefix + '.recipients')} must be a list of age or SSH public keys.")
+    try:
+        for recipient in recipients:
+            parse_recipient(recipient, where(prefix + ".recipients"))
+    except SecretsError as exc:
+        raise ConfigError(str(exc)) from None
+    files = table.get("identity_file", [])
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, list) or not all(isinstance(f, str) and Path(f).is_absolute() for f in files):
+        raise ConfigError(f"{where(prefix + '.identity_file')} must be an absolute path (or a list of them).")
+    for f in files:
+        if not Path(f).is_file():
+            raise ConfigError(f"{where(prefix + '.identity_file')}: {f!r} does not exist or is not a file.")
+    enforced = table.get("enforced", False)
+    if not isinstance(enforced, bool):
+        raise ConfigError(f"{where(prefix + '.enforced')} must be true or false, not {enforced!r}.")
+    return Encryption(
+        recipients=tuple(r.strip() for r in recipients),
+        identity_files=tuple(Path(f) for f in files),
+        enforced=enforced,
+        where=where(prefix + ".recipients"),
+        identity_hint=f"set identity_file in {where(prefix)}",
     )
 
 

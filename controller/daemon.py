@@ -16,12 +16,13 @@ from controller.errors import UserError
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.scheduler import Scheduler
+from controller.sensitive import redact
 from controller.server import create_app
 
 
 def log(line: str) -> None:
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    print(f"{stamp} {line}", file=sys.stderr, flush=True)
+    print(f"{stamp} {redact(line)}", file=sys.stderr, flush=True)  # (sensitive values never reach the log)
 
 
 def reconcilers(config: Config, metrics: Metrics | None = None) -> list[Reconciler]:

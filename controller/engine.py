@@ -28,6 +28,8 @@ from controller.model import DesiredResource, EvalLimits, NixSettings, ProviderS
 from controller.planning import Action, Change, Plan
 from controller.provider_client import Providers
 from controller.recovery import held_back, recover
+from controller.sealing import RECIPIENTS_FILE, Encryption, Sealer, read_recipients_file
+from controller.sensitive import redact
 from controller.state_branch import (
     DEFAULT_BRANCH,
     DEFAULT_IDENTITY,
@@ -239,6 +241,8 @@ class Settings:
     """``REF#ATTR``: evaluate that flake output (REF relative to ``directory``) instead of ``entry``."""
     member: str | None = None
     """A member path (``controller.paths``): plan, apply and destroy only the resources under it."""
+    encryption: Encryption = field(default_factory=Encryption)
+    """Who sensitive values are encrypted to in state, and the identities that decrypt them (docs/secrets.md)."""
 
 
 @dataclass
@@ -292,8 +296,15 @@ class Engine:
         self.repo = repo
         self.source_commit = source_commit
         self.dirty = dirty
+        self.sealer = Sealer(
+            settings.encryption, key_file=journal.with_suffix(".digest-key"), meta=lambda: self.store.load_meta()
+        )
         self.store = StateBranch(
-            repo, branch=settings.state_branch, deployment=settings.deployment, identity=settings.identity
+            repo,
+            branch=settings.state_branch,
+            deployment=settings.deployment,
+            identity=settings.identity,
+            sealer=self.sealer,
         )
         self.journal_path = journal
         self.roots = GcRoots(roots or journal.with_suffix(".gcroots"), settings.nix, log=log)
@@ -308,6 +319,7 @@ class Engine:
             flake=flakes.locate(settings.flake, settings.directory) if settings.flake is not None else None,
             member=settings.member,
         )
+        self.evaluator.wrap = self.sealer.wrap
         self.log = log
 
     @classmethod
@@ -319,6 +331,12 @@ class Engine:
             found = flakes.locate(settings.flake, settings.directory).directory
             entry_file = (found or settings.directory) / "flake.nix"
         repo = open_repository(entry_file.parent if entry_file.parent.exists() else settings.directory)
+        recipients = Path(repo.workdir or settings.directory) / RECIPIENTS_FILE
+        if not settings.encryption.recipients and recipients.is_file():
+            encryption = replace(
+                settings.encryption, recipients=read_recipients_file(recipients), where=str(recipients)
+            )
+            settings = replace(settings, encryption=encryption)
         return cls(
             settings,
             repo=repo,
@@ -340,7 +358,7 @@ class Engine:
         """Fold an interrupted run's journal into the state branch; one note per operation that was in flight."""
         if not self.pending_recovery():
             return []
-        journal = Journal(self.journal_path)
+        journal = Journal(self.journal_path, default=self.sealer.store)
         try:
             before = self.load_state()
             after = dict(before)
@@ -351,6 +369,8 @@ class Engine:
                 make_providers=lambda specs: Providers(
                     specs, size=1, timeout=self.settings.provider_timeout, cwd=str(self.workdir), log=self.log
                 ),
+                revive=self.sealer.revive,
+                wrap=self.sealer.wrap,
             )
             upserts = {p: s for p, s in after.items() if before.get(p) != s}
             deletes = set(before) - set(after)
@@ -507,10 +527,11 @@ class Engine:
 
     def apply(self, planned: Planned, *, report: Callable[[Event], None] = lambda e: None) -> RunResult:
         """Carry out ``planned`` and commit what was done to the state branch, even when some of it failed."""
+        self.sealer.check()  # (enforced encryption without recipients: before any provider call)
         builds = any(r.needs for r in planned.desired.values()) or any(s.needs for s in planned.providers.values())
         if builds and planned.plan.changes:
             self._instantiate(planned)
-        journal = Journal(self.journal_path)
+        journal = Journal(self.journal_path, default=self.sealer.store)
         executor = Executor(
             providers=Providers(
                 planned.providers,
@@ -526,6 +547,7 @@ class Engine:
             journal=journal,
             base_rank=1 + max((s.rank for s in planned.state.values()), default=0),
             outside=planned.outside,
+            wrap=self.sealer.wrap,
         )
         builder = Builder(self.settings.nix, self.roots, log=self.log)
         if builds and planned.plan.changes:  # what is known now, in one Nix command: Nix builds it in parallel
@@ -607,14 +629,16 @@ class Engine:
             meta["lastAppliedCommit"] = self.source_commit
         if providers is not None:
             meta["providers"] = {n: planning.provider_record(s) for n, s in sorted(providers.items()) if not s.builtin}
-        keys = ("lastAttemptedCommit", "lastAppliedCommit", "providers")
+        if (sealed_key := self.sealer.meta_entry()) is not None:
+            meta["digestKey"] = sealed_key  # (encrypted to the recipients: how another machine finds the key)
+        keys = ("lastAttemptedCommit", "lastAppliedCommit", "providers", "digestKey")
         unchanged = all(meta.get(k) == stored.get(k) for k in keys)
         if not upserts and not deletes and unchanged:
             return None
         result = "success" if ok else "failed"
         meta["lastRun"] = {"at": now(), "sourceCommit": self.source_commit, "result": result, "counts": counts}
         if note is not None:
-            meta["lastRun"]["message"] = note
+            meta["lastRun"]["message"] = redact(note)
         meta["sourceDirty"] = self.dirty
         source = self.source_commit or "none"
         plus = counts["create"] + counts["replace"]
@@ -637,4 +661,5 @@ class Engine:
                 "",
             ]
         )
+        message = redact(message)
         return self.store.commit(upserts=upserts, deletes=deletes, meta=meta, message=message, state=after)

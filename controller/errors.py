@@ -8,6 +8,7 @@
     │   ├── DeploymentError        it evaluated, but is not a valid deployment (unknown provider, cycle, ...)
     │   └── PlanError              the plan is refused (``lifecycle.preventDestroy``)
     │       └── EmptyDeploymentError   it declares nothing, so the plan would delete everything in state
+    │   └── SecretsError       sensitive values cannot be sealed or opened (no recipients, no or wrong identity)
     ├── ProviderError              a provider failed one request (error response, crash, timeout, bad line)
     └── StateError                 the state branch cannot be read or written
 
@@ -45,6 +46,11 @@ class EmptyDeploymentError(PlanError):
 
     Refused unless allowed (``--allow-empty``, ``allow_empty = true``); the controller reports it as ``refused``.
     """
+
+
+class SecretsError(UserError):
+    """Sensitive values cannot be encrypted or decrypted as asked: encryption enforced without recipients, a bad
+    recipient, no identity where one is needed, or an identity that is not among the recipients."""
 
 
 class ProviderError(NixgitopsError):

@@ -41,6 +41,8 @@ from controller.model import (
 from controller.nix_repl import NeedsStore, NixRepl, ReplTimeout, ReplUnavailable
 from controller.nixcli import FLAKES, common_options
 from controller.processes import KEPT_LIMIT, CommandFailed, run
+from controller.sealing import scratch_wrap
+from controller.sensitive import HARNESS_KEY, Wrap, harness_default, redact, unwrap_harness
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
 PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*(?:\.[A-Za-z_][A-Za-z0-9_'-]*)*$")  # a dotted path of names
@@ -245,6 +247,8 @@ class NixEvaluator:
         self._writable = False  # within session(writable=True): the repl writes derivations to the store
         self._evaluating = threading.Lock()
         self.taint = True  # string context as taint in nix-instantiate passes, until the deployment refuses it
+        self.wrap: Wrap = scratch_wrap
+        """Makes a sensitive value of the deployment ``Sensitive`` (the engine sets its deployment's sealer's)."""
 
     @contextlib.contextmanager
     def session(self, *, writable: bool = False) -> Iterator[None]:
@@ -311,9 +315,6 @@ class NixEvaluator:
             persistent=select is not None and self._persistent and (not writable or self._writable) and not self.flake,
             writable=writable,
         )
-        for line in traces.other:
-            if self.log is not None:
-                self.log(line)
         if traces.user_errors:
             path, fieldname = traces.user_errors[0]
             at = None
@@ -364,7 +365,12 @@ class NixEvaluator:
                 desired = replace(desired, needs=frozenset(item["s"]))
             if "sl" in item or "st" in item or providers[desired.provider].stateless_types:
                 desired = self._statefulness(item, desired, providers)
+            if item.get("so") or providers[desired.provider].sensitive_outputs or answer.get("sensitive"):
+                desired = self._sensitivity(item, desired, providers, bool(answer.get("sensitive")))
             resources[desired.path] = desired
+        for line in traces.other:  # (after the inputs: the sensitive values they hold are redacted)
+            if self.log is not None:
+                self.log(redact(line))
         if answer.get("tainted") and (traces.reads or any(r.reads for r in resources.values())):
             resources = self._untainted(args, resources)
         root = bool(answer.get("shape", {}).get("root"))
@@ -387,6 +393,7 @@ class NixEvaluator:
             blocked = frozenset(traces.unknown.get(path, set()))
             desired = self._resource(item, providers, blocked, reads - {path}, answer.get("markers", True))
             desired = self._statefulness(item, desired, providers)
+            desired = self._sensitivity(item, desired, providers, bool(answer.get("sensitive")))
             resources[path] = replace(desired, needs=frozenset(item.get("s") or ()))
         return resources
 
@@ -434,7 +441,7 @@ class NixEvaluator:
         name = os.path.join(private, "args.json")
         try:
             with open(name, "w") as f:
-                f.write(json.dumps(args, separators=(",", ":"), check_circular=False))
+                f.write(json.dumps(args, separators=(",", ":"), check_circular=False, default=harness_default))
             if self.flake is not None:  # pure: the harness and its arguments come through the store
                 shutil.copyfile(harness_path(), os.path.join(private, "harness.nix"))
                 expression = flakes.bootstrap(Path(private), self._lock(), self.flake.attribute)
@@ -587,6 +594,9 @@ class NixEvaluator:
                     f"{where}: `resourceTypes` must be a non-empty list of strings (the types it serves), or an"
                     " attribute set of types as NixOps4 writes it ({ file.requireState = false; })."
                 )
+            hidden = p.get("sensitive") or {}
+            if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in hidden.values()):
+                raise DeploymentError(f"{where}: `sensitiveOutputs` of a resource type must be a list of output names.")
             providers[name] = ProviderSpec(
                 name,
                 exe,
@@ -594,6 +604,7 @@ class NixEvaluator:
                 frozenset(types),
                 needs=frozenset(p.get("s") or ()),
                 stateless_types=frozenset(p.get("stateless") or ()),
+                sensitive_outputs=tuple((t, tuple(sorted(v))) for t, v in sorted(hidden.items()) if v),
             )
         return providers
 
@@ -616,6 +627,21 @@ class NixEvaluator:
         if not stateless and handler is None:
             return desired
         return replace(desired, stateless=stateless, state_handler=handler)
+
+    def _sensitivity(
+        self, item: Mapping[str, Any], desired: DesiredResource, providers: Mapping[str, ProviderSpec], marked: bool
+    ) -> DesiredResource:
+        """The resource with its sensitive inputs made ``Sensitive`` (``marked``: the answer holds some) and the
+        outputs it hides: its type's and ``lifecycle.sensitiveOutputs``."""
+        extra = item.get("so") or []
+        if not isinstance(extra, list) or not all(isinstance(n, str) for n in extra):
+            raise DeploymentError(
+                f"member {desired.path!r} in {self.where}: lifecycle.sensitiveOutputs must be a list of output names."
+            )
+        spec = providers.get(desired.provider)
+        names = frozenset(extra) | (spec.sensitive_for(desired.resource_type) if spec is not None else frozenset())
+        inputs = unwrap_harness(dict(desired.inputs), self.wrap) if marked else desired.inputs
+        return replace(desired, inputs=inputs, sensitive_outputs=names)
 
     def _resource(
         self,
@@ -753,6 +779,7 @@ def _decode(text: str) -> Any:
     answer = json.loads(text)
     if isinstance(answer, dict):  # markers are rare: look for them value by value only when the text has one
         answer["markers"] = "__nixgitops" in text
+        answer["sensitive"] = answer["markers"] and HARNESS_KEY in text
     return answer
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ from typing import Any
 class Journal:
     """An append-only JSON-lines file, fsynced on every write."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, default: Callable[[object], Any] | None = None) -> None:
+        """``default``: how values JSON cannot hold are written (``Sealer.store``: sensitive values sealed, as on
+        the state branch; without it they cannot be written at all)."""
         self.path = path
+        self._default = default
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
         self._next = max((int(e.get("id", 0)) for e in self.entries()), default=0) + 1
@@ -34,12 +38,15 @@ class Journal:
         Group commit: the threads of a run write concurrently; one fsync makes every line written before it
         durable, so a thread whose line an earlier fsync already covered does not sync again.
         """
-        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=self._default) + "\n"
         with self._lock:
             if record.get("kind") == "intent" and "id" not in record:
                 record_id = self._next
                 self._next += 1
-                line = json.dumps({**record, "id": record_id}, sort_keys=True, separators=(",", ":")) + "\n"
+                line = json.dumps(
+                    {**record, "id": record_id}, sort_keys=True, separators=(",", ":"), default=self._default
+                )
+                line += "\n"
             else:
                 record_id = int(record.get("id", 0))
             self._handle.write(line)
@@ -87,7 +94,7 @@ class Journal:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             for record in kept:
-                handle.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+                handle.write(json.dumps(record, sort_keys=True, separators=(",", ":"), default=self._default) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         with self._lock:
@@ -105,7 +112,7 @@ class Journal:
         """Forget everything but ``keep``: the state branch holds the rest now."""
         self._handle.truncate(0)
         for record in keep or []:
-            self._handle.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+            self._handle.write(json.dumps(record, sort_keys=True, separators=(",", ":"), default=self._default) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
 

@@ -64,6 +64,12 @@ class ProviderSpec:
     stateless_types: frozenset[str] = frozenset()
     """The types declared with ``requireState = false`` (NixOps4's shape of ``resourceTypes``): their resources
     have no state of their own, and are made again on every apply, as NixOps4 does (see docs/nixops4.md)."""
+    sensitive_outputs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Per resource type, the outputs it declares sensitive (``resourceTypes.db = { sensitiveOutputs = [ ... ];
+    }``): hidden and sealed wherever they go (docs/secrets.md)."""
+
+    def sensitive_for(self, resource_type: str) -> frozenset[str]:
+        return frozenset(next((names for t, names in self.sensitive_outputs if t == resource_type), ()))
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class DesiredResource(Typed):
     state_handler: str | None = None
     """The path of the resource NixOps4 would keep this one's state in (``state = members.x``): recorded; the
     state branch keeps the state."""
+    sensitive_outputs: frozenset[str] = frozenset()
+    """The outputs to hide and seal: those its type declares sensitive and ``lifecycle.sensitiveOutputs``."""
 
     @property
     def ready(self) -> bool:
@@ -122,6 +130,7 @@ _RECORD_KEYS: Final = frozenset(
         "storePaths",
         "stateless",
         "stateHandler",
+        "sensitiveOutputs",
     )
 )
 
@@ -152,6 +161,8 @@ class ResourceState(Typed):
     stateless: bool = False
     """See ``DesiredResource.stateless``: deleting it calls no provider (there is nothing NixOps4 could delete)."""
     state_handler: str | None = None
+    sensitive_outputs: tuple[str, ...] = ()
+    """The outputs kept sealed (see ``DesiredResource.sensitive_outputs``): what recovery marks again."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +181,7 @@ class ResourceState(Typed):
             **({"storePaths": list(self.store_paths)} if self.store_paths else {}),
             **({"stateless": True} if self.stateless else {}),
             **({"stateHandler": self.state_handler} if self.state_handler else {}),
+            **({"sensitiveOutputs": list(self.sensitive_outputs)} if self.sensitive_outputs else {}),
             **dict(self.extra),
         }
 
@@ -194,6 +206,7 @@ class ResourceState(Typed):
             store_paths=tuple(data.get("storePaths") or ()),
             stateless=bool(data.get("stateless", False)),
             state_handler=data.get("stateHandler"),
+            sensitive_outputs=tuple(data.get("sensitiveOutputs") or ()),
         )
         return record
 

@@ -48,6 +48,7 @@ from typing import IO, Any
 from controller.errors import EvaluationError
 from controller.model import KnownOutputs
 from controller.processes import KEPT_LIMIT, TAIL_LINES, BoundedLines, read_lines, spawn
+from controller.sensitive import harness_default
 
 INITIAL_HEAP = 32 * 1024 * 1024
 MAX_LINES = TAIL_LINES  # lines of one answer kept besides the markers: the last; the others are dropped
@@ -189,7 +190,7 @@ class NixRepl:
         self._files += 1
         path = self._dir / f"{self._files}.json"
         try:
-            path.write_text(json.dumps(content, separators=(",", ":"), check_circular=False))
+            path.write_text(json.dumps(content, separators=(",", ":"), check_circular=False, default=harness_default))
         except OSError as exc:
             raise ReplUnavailable(f"cannot write the repl's input file {path}: {exc}") from None
         return _nix_string(str(path))
@@ -208,7 +209,9 @@ class NixRepl:
                     self._called = False
                 self._seen.add(path)
                 try:
-                    (self._known_dir / f"{path}.json").write_text(json.dumps(outputs, separators=(",", ":")))
+                    (self._known_dir / f"{path}.json").write_text(
+                        json.dumps(outputs, separators=(",", ":"), default=harness_default)
+                    )
                 except OSError as exc:
                     raise ReplUnavailable(f"cannot write the known outputs of {path!r}: {exc}") from None
             return []

@@ -11,6 +11,7 @@ from typing import Any
 
 from controller.model import ABSENT, UNKNOWN
 from controller.planning import Action, Change, Plan
+from controller.sensitive import MASK, Sensitive, contains, mask_default, masked
 
 SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DELETE: "-", Action.NOOP: " "}
 VERB = {
@@ -27,7 +28,9 @@ def value(v: Any) -> str:
         return "(known after apply)"
     if v is ABSENT:
         return "null"
-    return json.dumps(v, ensure_ascii=False, sort_keys=True)
+    if isinstance(v, Sensitive):
+        return MASK
+    return json.dumps(v, ensure_ascii=False, sort_keys=True, default=mask_default)
 
 
 def _change(change: Change) -> list[str]:
@@ -47,7 +50,10 @@ def _change(change: Change) -> list[str]:
         elif f.after is ABSENT:
             lines.append(f"      - {f.field:<{width}} = {value(f.before)}")
         else:
-            lines.append(f"      ~ {f.field:<{width}} = {value(f.before)} -> {value(f.after)}")
+            before, after = value(f.before), value(f.after)
+            # a sensitive value changed: the change shows, neither value does
+            note = "  # a sensitive value changed" if before == after and contains(f.after) else ""
+            lines.append(f"      ~ {f.field:<{width}} = {before} -> {after}{note}")
     if change.action in (Action.UPDATE, Action.REPLACE) and change.before is not None and change.after is not None:
         hidden = len(set(change.before.inputs) & set(change.after.inputs)) - sum(
             1 for f in change.fields if f.before is not ABSENT and f.after is not ABSENT
@@ -111,11 +117,13 @@ def change_json(change: Change, depends_on: frozenset[str] | None = None) -> dic
     for f in change.fields:
         item: dict[str, Any] = {"field": f.field}
         if f.before is not ABSENT:
-            item["before"] = f.before
+            item["before"] = masked(f.before)
         if f.after is UNKNOWN:
             item["afterUnknown"] = True
         elif f.after is not ABSENT:
-            item["after"] = f.after
+            item["after"] = masked(f.after)
+        if contains(f.before) or contains(f.after):
+            item["sensitive"] = True
         fields.append(item)
     return {
         "path": change.path,
@@ -123,8 +131,8 @@ def change_json(change: Change, depends_on: frozenset[str] | None = None) -> dic
         "type": change.type,
         "provider": change.provider,
         "reason": change.reason,
-        "before": dict(change.before.inputs) if change.before is not None else None,
-        "after": ({k: v for k, v in after.inputs.items() if v is not UNKNOWN} if after is not None else None),
+        "before": masked(dict(change.before.inputs)) if change.before is not None else None,
+        "after": (masked({k: v for k, v in after.inputs.items() if v is not UNKNOWN}) if after is not None else None),
         "afterUnknown": list(after.unknown_fields) if after is not None else [],
         "fields": fields,
         "dependsOn": sorted(depends_on or ()),

@@ -27,6 +27,7 @@ from controller.errors import NixgitopsError
 from controller.model import ABSENT, UNKNOWN
 from controller.plan_render import render_plan, summary
 from controller.planning import Action, Plan, without_deletes
+from controller.sensitive import digest_default, redact
 from controller.source import Cache, remote_ref
 from webhooks.forge import Forge, ForgeConfig, ForgeError, PullRequest, open_forge
 
@@ -72,7 +73,8 @@ def digest(plan: Plan) -> str:
     ]
     items.append([[m, list(w)] for m, w in plan.structural])
     items.append([[p.name, dict(p.before), dict(p.after)] for p in plan.providers])
-    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
+    # (a sensitive value counts by its keyed digest: a new secret is a new plan to review, and nothing shows it)
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=digest_default).encode()).hexdigest()
 
 
 def description(plan: Plan) -> str:
@@ -413,7 +415,7 @@ class Previews:
     def _status(self, sha: str, state: str, words: str) -> None:
         d = self.reconciler.deployment
         try:
-            self.forge.set_status(d.repository, sha, state, context(d.name), words)
+            self.forge.set_status(d.repository, sha, state, context(d.name), redact(words))
             self.count("forge", "ok")
         except ForgeError as exc:
             self.count("forge", "error")
@@ -422,7 +424,7 @@ class Previews:
     def _comment(self, pr: PullRequest, body: str) -> None:
         d = self.reconciler.deployment
         try:
-            self.forge.upsert_comment(d.repository, pr.number, marker(d.name), body)
+            self.forge.upsert_comment(d.repository, pr.number, marker(d.name), redact(body))
             self.count("forge", "ok")
         except ForgeError as exc:
             self.count("forge", "error")

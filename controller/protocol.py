@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from controller.sensitive import wire
+
 CREATE: Final = "createResourceRequest"
 UPDATE: Final = "updateResourceRequest"
 DESTROY: Final = "destroyResourceRequest"
@@ -67,8 +69,9 @@ def kind_of(message: Mapping[str, Any]) -> str:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    """One message as one line of UTF-8 JSON, newline included."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One message as one line of UTF-8 JSON, newline included; sensitive values as they are (the provider must
+    have them)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=wire).encode() + b"\n"
 
 
 def _parse(line: bytes) -> dict[str, Any]:

@@ -20,13 +20,14 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import IO, Any
 
 from controller import protocol
 from controller.errors import ProviderError
 from controller.model import ProviderSpec
 from controller.processes import spawn
+from controller.sensitive import redact, remember
 
 Log = Callable[[str], None]
 
@@ -56,6 +57,8 @@ class ProviderProcess:
             ) from None
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._log = log
+        self._held: list[str] | None = None  # stderr lines of the request in flight, logged once it is answered
+        self._held_lock = threading.Lock()
         self._stdout_pump = threading.Thread(target=self._pump_stdout, args=(self.proc.stdout,), daemon=True)
         self._stdout_pump.start()
         self._stderr_pump = threading.Thread(target=self._pump_stderr, args=(self.proc.stderr,), daemon=True)
@@ -70,8 +73,21 @@ class ProviderProcess:
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
             self.stderr_tail.append(line)
+            with self._held_lock:
+                if self._held is not None:
+                    self._held.append(line)
+                    continue
             if self._log is not None:
-                self._log(f"[{self.spec.name}] {line}")
+                self._log(f"[{self.spec.name}] {redact(line)}")
+
+    def _flush_held(self) -> None:
+        """Log the stderr lines held during a request: a provider may print a secret it returns before it returns
+        it, and only its answer says which values are secret (``hide``), so they are redacted only then."""
+        with self._held_lock:
+            held, self._held = self._held or [], None
+        if self._log is not None:
+            for line in held:
+                self._log(f"[{self.spec.name}] {redact(line)}")
 
     @property
     def alive(self) -> bool:
@@ -84,9 +100,32 @@ class ProviderProcess:
         what: str,
         timeout: float,
         before_send: Callable[[int], None] | None = None,
+        hide: Collection[str] = (),
     ) -> dict[str, Any]:
         """Send one request and wait for its response. ``what`` names the request in errors;
-        ``before_send`` is called with the process id just before the request goes out."""
+        ``before_send`` is called with the process id just before the request goes out. ``hide``: the outputs of
+        the answer that are sensitive, redacted from what the provider prints meanwhile."""
+        with self._held_lock:
+            self._held = []
+        try:
+            body = self._request(message, what=what, timeout=timeout, before_send=before_send)
+            outputs = body.get("outputProperties")
+            if hide and isinstance(outputs, dict):
+                for name in hide:
+                    if name in outputs:
+                        remember(outputs[name])
+            return body
+        finally:
+            self._flush_held()
+
+    def _request(
+        self,
+        message: Mapping[str, Any],
+        *,
+        what: str,
+        timeout: float,
+        before_send: Callable[[int], None] | None,
+    ) -> dict[str, Any]:
         kind = protocol.kind_of(message)
         assert self.proc.stdin is not None
         if not self._lines.empty():
@@ -255,6 +294,7 @@ class Providers:
         *,
         what: str,
         before_send: Callable[[int], None] | None = None,
+        hide: Collection[str] = (),
     ) -> dict[str, Any]:
         pool = self._pools.get(provider)
         if pool is None:
@@ -263,7 +303,7 @@ class Providers:
                 " (providers.<name> = { executable; resourceTypes; }) until its resources are deleted."
             )
         with pool.lease() as process:
-            return process.request(message, what=what, timeout=self.timeout, before_send=before_send)
+            return process.request(message, what=what, timeout=self.timeout, before_send=before_send, hide=hide)
 
     def started(self) -> dict[str, int]:
         """How many processes each provider has started in this run."""

@@ -46,6 +46,8 @@ from controller.planning import Plan, without_deletes
 from controller.previews import Previews
 from controller.processes import CommandFailed, run
 from controller.provider_client import Providers
+from controller.sensitive import mask_default, mask_sealed
+from controller.sensitive import redact as hide_sensitive
 from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref, remote_refs
 from controller.state_branch import StateBranch
 from webhooks.forge import ForgeError
@@ -212,7 +214,7 @@ class Reconciler:
         if plan is not None:  # a file of its own, written compactly: it grows with the deployment
             self.plan_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.plan_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(plan, separators=(",", ":")))
+            tmp.write_text(hide_sensitive(json.dumps(plan, separators=(",", ":"), default=mask_default)))
             os.replace(tmp, self.plan_path)
         status = self.status()
         status.pop("lastPlan", None)  # kept here by earlier versions
@@ -229,7 +231,7 @@ class Reconciler:
         if record.source_commit:
             status["sourceCommit"] = record.source_commit
         tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
+        tmp.write_text(hide_sensitive(json.dumps(status, indent=2, sort_keys=True)))
         os.replace(tmp, self.status_path)
 
     def _keeping_builds(self, record: Run) -> Callable[[str], None]:
@@ -251,7 +253,7 @@ class Reconciler:
             return []
         d = self.deployment
         state = StateBranch(self.state_cache.repo, branch=d.state_branch, deployment=d.name).load()
-        return [state[p].to_json() for p in sorted(state)]
+        return [mask_sealed(state[p].to_json()) for p in sorted(state)]  # (sealed values read as they are stored)
 
     # -- refs ------------------------------------------------------------------------------------------
 
@@ -576,6 +578,7 @@ class Reconciler:
                 nix=d.nix,
                 flake=f".#{d.flake}" if d.flake is not None else None,
                 member=d.member,
+                encryption=d.encryption,
             ),
             repo=repo if repo is not None else self.state_cache.repo,
             entry_file=checkout / ("flake.nix" if d.flake is not None else d.file),

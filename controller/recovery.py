@@ -27,6 +27,8 @@ from controller.graph import invert
 from controller.journal import Journal
 from controller.model import ProviderSpec, ResourceState
 from controller.provider_client import Providers
+from controller.sealing import scratch_wrap
+from controller.sensitive import Unavailable, Wrap, mark_outputs
 
 
 def _wait_gone(pid: int, deadline: float) -> None:
@@ -45,7 +47,7 @@ def _wait_gone(pid: int, deadline: float) -> None:
         time.sleep(0.05)
 
 
-def _settle(intent: dict[str, Any], providers: Providers, state: dict[str, ResourceState]) -> str:
+def _settle(intent: dict[str, Any], providers: Providers, state: dict[str, ResourceState], wrap: Wrap) -> str:
     path: str = intent["path"]
     message: dict[str, Any] = intent["message"]
     kind = protocol.kind_of(message)
@@ -78,7 +80,8 @@ def _settle(intent: dict[str, Any], providers: Providers, state: dict[str, Resou
     except ProviderError:
         answer = providers.call(name, message, what=what)
         how = "the provider could not tell, so it was repeated"
-    state[path] = ResourceState.from_json({**record.to_json(), "outputs": answer["outputProperties"]})
+    outputs = mark_outputs(dict(answer["outputProperties"]), record.sensitive_outputs, wrap)
+    state[path] = ResourceState.from_json({**record.to_json(), "outputs": outputs})
     return f"{path}: a {kind} was in flight when the controller stopped; {how}"
 
 
@@ -88,9 +91,12 @@ def recover(
     *,
     timeout: float,
     make_providers: Callable[[dict[str, ProviderSpec]], Providers] | None = None,
+    revive: Callable[[Any], Any] = lambda entry: entry,
+    wrap: Wrap = scratch_wrap,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Fold ``journal`` into ``state`` (in place). Returns one note per operation that was in flight, and the
-    intents that could not be settled (to keep in the journal for the next run)."""
+    intents that could not be settled (to keep in the journal for the next run). ``revive`` turns the sealed
+    values the journal holds back into sensitive ones (``Sealer.revive``); ``wrap`` makes outputs sensitive."""
     entries = journal.entries()
     notes: list[str] = []
     committed = dict(state)
@@ -100,7 +106,7 @@ def recover(
         if entry["state"] is None:
             state.pop(entry["path"], None)
         else:
-            done = ResourceState.from_json(entry["state"])
+            done = ResourceState.from_json(revive(entry["state"]))
             current = committed.get(entry["path"])
             # the state commit may already hold this very record, with its edges read again after the run (also
             # after a replace, whose delete result came first)
@@ -111,7 +117,7 @@ def recover(
                 state[entry["path"]] = current
             else:
                 state[entry["path"]] = done
-    pending = journal.unresolved()
+    pending = [revive(intent) for intent in journal.unresolved()]
     unsettled: list[dict[str, Any]] = []
     if not pending:
         return notes, unsettled
@@ -126,8 +132,8 @@ def recover(
         for intent in pending:
             _wait_gone(int(intent.get("pid", 0)) or -1, time.monotonic() + timeout)
             try:
-                notes.append(_settle(intent, providers, state))
-            except ProviderError as exc:
+                notes.append(_settle(intent, providers, state, wrap))
+            except (ProviderError, Unavailable) as exc:
                 unsettled.append({**intent, "pid": 0, "error": str(exc)})  # its process is gone or given up on
                 notes.append(f"{intent['path']}: an interrupted operation could not be settled yet: {exc}")
     return notes, unsettled

@@ -33,6 +33,7 @@ from controller.errors import UserError
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.scheduler import Scheduler
+from controller.sensitive import redact
 from webhooks import PULL_REQUEST, PULL_REQUEST_CLOSED, PULL_REQUEST_IGNORED, Delivery, Rejected, receive
 
 MAX_BODY = 1024 * 1024
@@ -68,6 +69,14 @@ class Deliveries:
                 self._order.remove(delivery)
 
 
+class RedactedJSONResponse(JSONResponse):
+    """Every answer of the API, with the sensitive values the process knows redacted (an error message that quotes
+    one, a Nix trace kept in a run's log): the status API shows ``(sensitive)``, never a value."""
+
+    def render(self, content: Any) -> bytes:
+        return redact(super().render(content).decode()).encode()
+
+
 def create_app(
     config: Config,
     scheduler: Scheduler,
@@ -88,7 +97,12 @@ def create_app(
     Both are called on the event loop, so they must only queue work and return. ``log`` gets one line per
     notable webhook: a push deleting a tracked branch, a ``preview`` callable raising."""
     say = log or (lambda line: None)
-    app = FastAPI(title="nixgitops", version="1", description="Status and webhooks of the nixgitops controller.")
+    app = FastAPI(
+        title="nixgitops",
+        version="1",
+        description="Status and webhooks of the nixgitops controller.",
+        default_response_class=RedactedJSONResponse,
+    )
     runners = scheduler.runners
     seen = {name: Deliveries() for name in config.receivers}
 
@@ -197,7 +211,8 @@ def create_app(
     def metrics_endpoint() -> Response:
         for name, runner in runners.items():  # current, not as of the last run
             metrics.suspended.labels(name).set(1 if runner.reconciler.suspended else 0)
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        exposition = redact(metrics.exposition().decode()).encode()  # (labels never hold values; belt and braces)
+        return Response(exposition, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:

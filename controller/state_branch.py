@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from pygit2.enums import FileMode
 from controller import failpoints
 from controller.errors import StateError
 from controller.model import ResourceState
+from controller.sealing import Sealer
+from controller.sensitive import SEALED_KEY
 
 DEFAULT_BRANCH = "nixgitops/state"
 DEFAULT_IDENTITY = ("nixgitops", "nixgitops@localhost")
@@ -41,6 +43,7 @@ DEFAULT_IDENTITY = ("nixgitops", "nixgitops@localhost")
 _LOADED: collections.OrderedDict[tuple[str, str, str], dict[str, ResourceState]] = collections.OrderedDict()
 _LOADED_MAX_RECORDS = 50_000
 _loaded_lock = threading.Lock()
+_SEALED = SEALED_KEY.encode()
 
 
 def _remember(key: tuple[str, str, str], state: dict[str, ResourceState]) -> None:
@@ -73,8 +76,9 @@ def _records(resources: pygit2.Tree) -> Iterator[tuple[str, pygit2.Object]]:
             yield name, entry
 
 
-def dump(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+def dump(data: Any, default: Callable[[object], Any] | None = None) -> bytes:
+    """A record or ``deployment.json`` as written on the branch; ``default`` writes sensitive values (sealed)."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=default) + "\n").encode()
 
 
 def open_repository(directory: Path) -> pygit2.Repository:
@@ -112,8 +116,12 @@ class StateBranch:
         branch: str = DEFAULT_BRANCH,
         deployment: str = "default",
         identity: tuple[str, str] = DEFAULT_IDENTITY,
+        sealer: Sealer | None = None,
     ) -> None:
+        """``sealer``: how sensitive values are written and read back (docs/secrets.md); without one, a record
+        holding one cannot be written, and sealed values are read as they are stored."""
         self.repo = repo
+        self.sealer = sealer
         self.branch = branch
         self.ref = f"refs/heads/{branch}"
         self.deployment = deployment
@@ -179,7 +187,8 @@ class StateBranch:
         found: dict[str, ResourceState] = {}
         for entry in root or ():
             if entry.name and entry.name != self.deployment and isinstance(entry, pygit2.Tree):
-                found.update(StateBranch(self.repo, branch=self.branch, deployment=entry.name).load())
+                other = StateBranch(self.repo, branch=self.branch, deployment=entry.name, sealer=self.sealer)
+                found.update(other.load())
         return found
 
     def load(self) -> dict[str, ResourceState]:
@@ -196,22 +205,33 @@ class StateBranch:
             if key in _LOADED:
                 _LOADED.move_to_end(key)
                 return dict(_LOADED[key])
-        state = self._load(resources)
-        _remember(key, state)
+        state, sealed = self._load(resources)
+        if not sealed:  # (sensitive values are read again each time: they open with the reader's identities)
+            _remember(key, state)
         return dict(state)
 
-    def _load(self, resources: pygit2.Tree) -> dict[str, ResourceState]:
+    def _revive(self, data: Any, raw: bytes) -> Any:
+        if self.sealer is None or _SEALED not in raw:
+            return data
+        return self.sealer.revive(data)
+
+    def _load(self, resources: pygit2.Tree) -> tuple[dict[str, ResourceState], bool]:
+        """The records, and whether any holds a sealed value."""
         cached = self._cache_dir() / f"{resources.id}.json"
         try:
-            records = json.loads(cached.read_bytes())
-            return {r["path"]: ResourceState.from_json(r) for r in records}
+            raw = cached.read_bytes()
+            records = self._revive(json.loads(raw), raw)
+            return {r["path"]: ResourceState.from_json(r) for r in records}, _SEALED in raw
         except (OSError, ValueError, KeyError, TypeError):
             pass
         state: dict[str, ResourceState] = {}
+        sealed = False
         for where, entry in _records(resources):
             blob = self.repo[entry.id]
             try:
-                data = json.loads(blob.data)  # type: ignore[attr-defined]
+                raw = blob.data  # type: ignore[attr-defined]
+                sealed = sealed or _SEALED in raw
+                data = self._revive(json.loads(raw), raw)
                 resource = ResourceState.from_json(data)
             except (ValueError, KeyError, TypeError) as exc:
                 raise StateError(
@@ -220,22 +240,29 @@ class StateBranch:
                 ) from None
             state[resource.path] = resource
         self._write_cache(cached, [r.to_json() for r in state.values()])
-        return state
+        return state, sealed
 
     def _cache_dir(self) -> Path:
         return Path(self.repo.path) / "nixgitops" / "state-cache" / self.deployment
 
-    def _write_cache(self, path: Path, records: list[dict[str, Any]]) -> None:
-        """Best effort: a cache that cannot be written is only a slower next load."""
+    def _write_cache(self, path: Path, records: list[dict[str, Any]]) -> bool:
+        """Best effort: a cache that cannot be written is only a slower next load. Whether a record holds a
+        sealed value."""
+        text = json.dumps(records, separators=(",", ":"), default=self._default)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for old in path.parent.glob("*.json"):
                 old.unlink(missing_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(records, separators=(",", ":")))
+            tmp.write_text(text)
             os.replace(tmp, path)
         except OSError:
             pass
+        return SEALED_KEY in text
+
+    @property
+    def _default(self) -> Callable[[object], Any] | None:
+        return self.sealer.store if self.sealer is not None else None
 
     def load_meta(self) -> dict[str, Any]:
         _, dep, _ = self._trees()
@@ -280,7 +307,8 @@ class StateBranch:
                 bucket(directory).insert(name, entry.id, FileMode.BLOB)
         for path, resource in upserts.items():
             directory, name = record_location(path)
-            bucket(directory).insert(name, self.repo.create_blob(dump(resource.to_json())), FileMode.BLOB)
+            blob = dump(resource.to_json(), self._default)
+            bucket(directory).insert(name, self.repo.create_blob(blob), FileMode.BLOB)
         for path in deletes:
             directory, name = record_location(path)
             if bucket(directory).get(name) is not None:
@@ -295,8 +323,8 @@ class StateBranch:
             resources_id = builder.write()
             dep_builder.insert("resources", resources_id, FileMode.TREE)
             cached = self._cache_dir() / f"{resources_id}.json"
-            if state is not None and (resources is None or resources_id != resources.id or not cached.exists()):
-                self._write_cache(cached, [r.to_json() for r in state.values()])
+            fresh = resources is None or resources_id != resources.id or not cached.exists()
+            if state is not None and fresh and not self._write_cache(cached, [r.to_json() for r in state.values()]):
                 _remember((self.repo.path, self.deployment, str(resources_id)), dict(state))
         elif dep_builder.get("resources") is not None:
             dep_builder.remove("resources")

@@ -50,7 +50,9 @@ class FakeProviders:
         self.active = 0
         self.most = 0
 
-    def call(self, provider: str, message: dict[str, Any], *, what: str, before_send: Any = None) -> dict[str, Any]:
+    def call(
+        self, provider: str, message: dict[str, Any], *, what: str, before_send: Any = None, hide: Any = ()
+    ) -> dict[str, Any]:
         kind = protocol.kind_of(message)
         body = message[kind]
         path = what.split("'")[1]
@@ -308,7 +310,9 @@ def test_a_read_that_left_no_edge_is_still_deleted_before_what_it_reads() -> Non
     providers = FakeProviders(behaviour)
     original = providers.call
 
-    def call(provider: str, message: dict[str, Any], *, what: str, before_send: Any = None) -> dict[str, Any]:
+    def call(
+        provider: str, message: dict[str, Any], *, what: str, before_send: Any = None, hide: Any = ()
+    ) -> dict[str, Any]:
         if "'x'" in what:
             log.append("x start")
             x_started.set()

@@ -34,6 +34,30 @@ let
   # a flake's output (see controller/flakes.py), or the entry file
   entry = if entryValue != null then entryValue else import args.deployment;
 
+  # Sensitive values (docs/secrets.md) carry the string context of a small store file, which survives
+  # interpolation like the taint does; the inputs report each marked string (and each marked non-string, which
+  # `sensitive` wraps) as { __nixgitopsSensitive = v; }. builtins.toFile computes the path without writing it in
+  # --readonly-mode; the repl on dummy:// cannot, and falls back to nix-instantiate (controller/nix_repl.py).
+  sensitiveMarker = builtins.toFile "nixgitops-sensitive" "nixgitops marks sensitive values with this file's context";
+  # (recognised by its name, so that checking a string never forces the file: a dummy:// store cannot make it)
+  isMarkerKey = k: builtins.substring (builtins.stringLength k - 20) 20 k == "-nixgitops-sensitive";
+  isSensitiveString = v: builtins.hasContext v && builtins.any isMarkerKey (builtins.attrNames (builtins.getContext v));
+  sensitive = v:
+    if builtins.isString v then v + builtins.substring 0 0 sensitiveMarker
+    else if builtins.isAttrs v && (v ? __nixgitopsSensitive || v ? outPath || v ? __toString) then
+      (if v ? __nixgitopsSensitive then v else sensitive (toString v))
+    else if builtins.isAttrs v then builtins.mapAttrs (_: sensitive) v
+    else if builtins.isList v then map sensitive v
+    else if builtins.isFunction v then throw "nixgitops: `sensitive` marks data (strings, numbers, lists, attribute sets), not a function"
+    else { __nixgitopsSensitive = v; __toString = self: sensitive (toString v); };
+  # A known output from Python: { __nixgitopsSensitive = v; } is sensitive; { __nixgitopsWithheld = why; } is one
+  # whose value nixgitops does not have here, and reading it fails with why.
+  unsealed = path: attr: v:
+    if !(builtins.isAttrs v) then v
+    else if v ? __nixgitopsSensitive then sensitive v.__nixgitopsSensitive
+    else if v ? __nixgitopsWithheld then throw "nixgitops: the output '${attr}' of '${path}' is sensitive and cannot be read here: ${v.__nixgitopsWithheld}"
+    else v;
+
   unknown = path:
     builtins.trace "nixgitops:unknown ${path}"
       (throw "nixgitops: the outputs of '${path}' are not known until it has been applied; outputs may only be read by another resource's inputs");
@@ -66,10 +90,10 @@ let
         if builtins.match "[A-Za-z0-9_.'-]*" path != null then builtins.replaceStrings [ "'" ] [ "?" ] path
         else "h=" + builtins.hashString "sha1" path;
       context = { "${tagPrefix}${tag}" = { path = true; }; };
-      leaf = v: builtins.trace "nixgitops:read ${path}" (if taint then tagDeep context v else v);
+      leaf = attr: raw: let v = unsealed path attr raw; in builtins.trace "nixgitops:read ${path}" (if taint then tagDeep context v else v);
     in
     builtins.trace "nixgitops:read ${path}"
-      (if builtins.isAttrs outputs then builtins.mapAttrs (_: leaf) outputs else leaf outputs);
+      (if builtins.isAttrs outputs then builtins.mapAttrs leaf outputs else leaf "" outputs);
   # What a value's strings refer to, from their string context: `r`, the resources named by the taint, without
   # the prefix (the caller decodes them); `s`, the store paths to realise before the value is used: a
   # derivation's output as "<drv>!<output>", every output of a derivation as its .drv, a source as its path.
@@ -78,10 +102,11 @@ let
     let
       context = builtins.getContext (builtins.toJSON v);
       isTag = k: taint && builtins.substring 0 tagLength k == tagPrefix;
+      isMarker = isMarkerKey;
       keys = builtins.attrNames context;
       store = builtins.concatMap
         (k:
-          if isTag k then [ ]
+          if isTag k || isMarker k then [ ]
           else
             let c = context.${k}; in
             (if c.path or false || c.allOutputs or false then [ k ] else [ ])
@@ -117,7 +142,9 @@ let
     let
       # `system` (the system providers run on) only to a function that names it: pure evaluation has no currentSystem
       extra = if args.system or null != null && builtins.functionArgs entry ? system then { inherit (args) system; } else { };
-      result = if builtins.isFunction entry then entry ({ members = view outputsOf "" (result.members or { }); providers = providerTypes; } // extra) else entry;
+      named = if builtins.isFunction entry then builtins.functionArgs entry else { };
+      marking = if named ? sensitive then { inherit sensitive; } else { };
+      result = if builtins.isFunction entry then entry ({ members = view outputsOf "" (result.members or { }); providers = providerTypes; } // extra // marking) else entry;
     in
     result;
 
@@ -176,6 +203,11 @@ let
     if builtins.isAttrs types
     then builtins.filter (t: builtins.isAttrs types.${t} && (types.${t}.requireState or true) == false) (builtins.attrNames types)
     else [ ];
+  # resourceTypes.db = { sensitiveOutputs = [ "password" ]; }: outputs every resource of the type hides
+  sensitiveTypes = types:
+    if builtins.isAttrs types
+    then builtins.mapAttrs (_: t: if builtins.isAttrs t then t.sensitiveOutputs or [ ] else [ ]) types
+    else { };
   providerTypes =
     builtins.mapAttrs
       (name: p: builtins.listToAttrs (map (t: { name = t; value = "${name}.${t}"; }) (typeNames (p.resourceTypes or [ ]))))
@@ -212,7 +244,8 @@ let
   # Make a value JSON-representable without copying anything into the Nix store: paths become their
   # absolute path strings, functions become a marker the caller reports as an error.
   jsonable = v:
-    if builtins.isString v then v
+    if builtins.isString v then (if isSensitiveString v then { __nixgitopsSensitive = v; } else v)
+    else if builtins.isAttrs v && v ? __nixgitopsSensitive then { __nixgitopsSensitive = jsonable v.__nixgitopsSensitive; }
     else if builtins.isFunction v then { __nixgitopsFunction = true; }
     else if builtins.isPath v then toString v
     else if builtins.isAttrs v then (if v ? __toString || v ? outPath then toString v else builtins.mapAttrs (_: jsonable) v)
@@ -263,7 +296,8 @@ let
         else "<${builtins.typeOf s}>";
       nixops4 = decl.__nixops4 or null;
       handler = if nixops4 != null then stateOf nixops4.state else stateOf (decl.state or null);
-      lifecycleExtra = if builtins.isAttrs lifecycle then builtins.attrNames (removeAttrs lifecycle [ "preventDestroy" ]) else [ ];
+      lifecycleExtra = if builtins.isAttrs lifecycle then builtins.attrNames (removeAttrs lifecycle [ "preventDestroy" "sensitiveOutputs" ]) else [ ];
+      sensitiveOutputs = if builtins.isAttrs lifecycle then lifecycle.sensitiveOutputs or [ ] else [ ];
     in
     if kind == "structural" then builtins.seq (builtins.tryEval (kindOf decl)) { p = path; k = kind; }
     else if kind != "resource" then { p = path; k = kind; x = entry.extra or [ ]; }
@@ -278,6 +312,7 @@ let
       x = strange ++ map (a: "lifecycle.${a}") lifecycleExtra;
     } // (let c = contextOf fields; in { r = c.r; } // (if c.s == [ ] then { } else { s = c.s; }))
     // (if handler == null then { } else { st = handler; })
+    // (if sensitiveOutputs == [ ] then { } else { so = sensitiveOutputs; })
     // (if nixops4 == null then { } else { sl = nixops4.state == null; });
 
   topMembers = result.members or { };
@@ -345,6 +380,7 @@ let
             inherit executable args;
             resourceTypes = typeNames (p.resourceTypes or [ ]);
             stateless = statelessTypes (p.resourceTypes or [ ]);
+            sensitive = sensitiveTypes (p.resourceTypes or [ ]);
             s = if builtins.isString executable && builtins.all builtins.isString args then (contextOf [ executable args ]).s else [ ];
           })
       declared;
