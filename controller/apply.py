@@ -30,7 +30,7 @@ from controller.model import DesiredResource, KnownOutputs, ResourceState
 from controller.planning import Action, Change, Plan, decide
 from controller.provider_client import Providers
 from controller.sealing import scratch_wrap
-from controller.sensitive import Wrap, mark_outputs, quotes_sensitive, redact
+from controller.sensitive import Wrap, mark_outputs, redact
 
 Evaluate = Callable[[Mapping[str, Mapping[str, Any]], set[str]], Evaluation]
 Prepare = Callable[[str, DesiredResource | None], tuple[str, ...]]
@@ -129,11 +129,7 @@ class Executor:
     def _answered(self, record: ResourceState, body: Mapping[str, Any]) -> ResourceState:
         """``record`` with the outputs of a provider's answer, those it declares sensitive made so."""
         outputs = dict(body["outputProperties"])
-        # declared sensitive, and any output that quotes a known sensitive value (an input it was sent)
-        hidden = set(record.sensitive_outputs) | {k for k, v in outputs.items() if quotes_sensitive(v)}
-        if hidden:
-            outputs = mark_outputs(outputs, frozenset(hidden), self.wrap)
-        return replace(record, outputs=outputs)
+        return replace(record, outputs=mark_outputs(outputs, record.sensitive_outputs, self.wrap))
 
     def _call(
         self, provider: str, message: dict[str, Any], what: str, path: str, record: ResourceState | None

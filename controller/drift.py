@@ -15,6 +15,8 @@ from controller import protocol
 from controller.errors import ProviderError
 from controller.model import ResourceState
 from controller.provider_client import Providers
+from controller.sealing import scratch_wrap
+from controller.sensitive import Sensitive, Unavailable, Wrap, mark_outputs
 
 
 @dataclass(frozen=True)
@@ -23,20 +25,26 @@ class Drift:
     cannot_tell: tuple[str, ...]
 
 
-def _check(resource: ResourceState, providers: Providers) -> bool | None:
+def _check(resource: ResourceState, providers: Providers, wrap: Wrap) -> bool | None:
     message = protocol.read_request(resource.resource_type, resource.inputs, resource.outputs)
+    hidden = frozenset(k for k, v in resource.outputs.items() if isinstance(v, Sensitive))
+    what = f"readResourceRequest for {resource.path!r}"
     try:
-        answer = providers.call(resource.provider, message, what=f"readResourceRequest for {resource.path!r}")
-    except ProviderError:
+        answer = providers.call(resource.provider, message, what=what, hide=hidden)
+    except (ProviderError, Unavailable):  # (a sealed input this controller cannot decrypt: it cannot ask)
         return None
-    return answer.get("inSync") is False or dict(answer["outputProperties"]) != dict(resource.outputs)
+    outputs = mark_outputs(dict(answer["outputProperties"]), hidden, wrap)  # compared by value or keyed digest
+    return answer.get("inSync") is False or outputs != dict(resource.outputs)
 
 
-def detect(state: Mapping[str, ResourceState], providers: Providers, *, parallelism: int = 8) -> Drift:
-    """Read every resource back; which have drifted, and which the provider cannot tell."""
+def detect(
+    state: Mapping[str, ResourceState], providers: Providers, *, parallelism: int = 8, wrap: Wrap = scratch_wrap
+) -> Drift:
+    """Read every resource back; which have drifted, and which the provider cannot tell. ``wrap``: the
+    deployment's sealer's, so that a sensitive output read back compares with the recorded one."""
     paths = sorted(p for p in state if state[p].provider in providers.specs)
     with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="drift") as pool:
-        results = list(pool.map(lambda p: _check(state[p], providers), paths))
+        results = list(pool.map(lambda p: _check(state[p], providers, wrap), paths))
     drifted = tuple(p for p, r in zip(paths, results, strict=True) if r is True)
     unknown = tuple(p for p, r in zip(paths, results, strict=True) if r is None)
     unknown += tuple(sorted(p for p in state if state[p].provider not in providers.specs))

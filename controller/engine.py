@@ -449,6 +449,7 @@ class Engine:
         ``exclude`` (path -> why; default: ``unsettled()``, the journal's operations that are not settled) and
         what they hold back are left out of the plan and listed in ``Planned.held``, so a run never plans over an
         operation whose outcome is unknown, and still does everything else."""
+        self.sealer.check()  # (bad recipients, or encryption enforced without any: refused before anything runs)
         planned = compute_plan(
             self.evaluator,
             self.load_state(),

@@ -606,7 +606,9 @@ class Reconciler:
             specs, size=self.deployment.parallelism, timeout=self.deployment.provider_timeout, cwd=str(self.workdir)
         )
         with providers:
-            found = detect(engine.load_state(), providers, parallelism=self.deployment.parallelism)
+            found = detect(
+                engine.load_state(), providers, parallelism=self.deployment.parallelism, wrap=engine.sealer.wrap
+            )
         self._timed(record, "drift", started)
         extra["drift"] = {"checkedAt": _now(), "resources": list(found.drifted), "cannotTell": len(found.cannot_tell)}
         if self.metrics is not None:

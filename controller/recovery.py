@@ -71,14 +71,16 @@ def _settle(intent: dict[str, Any], providers: Providers, state: dict[str, Resou
     resource = {"type": record.resource_type, "inputProperties": dict(record.inputs)}
     if old_outputs is not None:
         resource["outputProperties"] = old_outputs
+    hide = record.sensitive_outputs
     try:
-        answer = providers.call(name, {protocol.READ: {"resource": resource}}, what=f"readResourceRequest for {path!r}")
+        asked = {protocol.READ: {"resource": resource}}
+        answer = providers.call(name, asked, what=f"readResourceRequest for {path!r}", hide=hide)
         how = "the provider reports it done (read)"
         if answer.get("inSync") is False:
-            answer = providers.call(name, message, what=what)
+            answer = providers.call(name, message, what=what, hide=hide)
             how = "the provider reports it not done (read), so it was repeated"
     except ProviderError:
-        answer = providers.call(name, message, what=what)
+        answer = providers.call(name, message, what=what, hide=hide)
         how = "the provider could not tell, so it was repeated"
     outputs = mark_outputs(dict(answer["outputProperties"]), record.sensitive_outputs, wrap)
     state[path] = ResourceState.from_json({**record.to_json(), "outputs": outputs})

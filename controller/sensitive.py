@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 MASK: Final = "(sensitive)"
@@ -197,9 +197,13 @@ def harness_default(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def mark_outputs(outputs: Mapping[str, Any], names: frozenset[str] | tuple[str, ...], wrap: Wrap) -> dict[str, Any]:
-    """``outputs`` with the values of ``names`` made sensitive (those already sensitive kept)."""
-    return {k: wrap(v) if k in names and not isinstance(v, Sensitive) else v for k, v in outputs.items()}
+def mark_outputs(outputs: Mapping[str, Any], names: Collection[str], wrap: Wrap) -> dict[str, Any]:
+    """A provider's ``outputs`` with those declared sensitive (``names``) made so, and every other one that quotes a
+    sensitive value this process knows (an output echoing the password it was given)."""
+    hidden = {k for k, v in outputs.items() if k in names or quotes_sensitive(v)}
+    if not hidden:
+        return dict(outputs)
+    return {k: wrap(v) if k in hidden and not isinstance(v, Sensitive) else v for k, v in outputs.items()}
 
 
 Wrap = Callable[[Any], Sensitive]

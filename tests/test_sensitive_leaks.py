@@ -1,0 +1,227 @@
+"""Sensitive values never leak: a deployment with a sensitive input (read from a file outside the repository) and a
+provider returning a sensitive output (tests/providers/vault.py, which also prints both on stderr, quotes its input
+in its errors and echoes it in an output nobody declared sensitive) goes through plan, apply, a failing apply, a
+crash and its recovery, with the real command line, Nix and Git. Then everything a person or a machine can read is
+searched for either value: what the commands printed, every object of the repository (`git cat-file
+--batch-all-objects`, the state branch's and the source's), the journal and caches under .git, and a no-change plan
+after apply must be empty. The provider got the real values all along (its file holds them). And: the keys rotate,
+a wrong or missing identity is a clear error, without recipients an input is kept as a keyed digest only and an
+output that must be read again is refused with what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyrage
+import pytest
+from conftest import Checkout, assert_clean_error, git
+
+VAULT = Path(__file__).parent / "providers" / "vault.py"
+
+DEPLOYMENT = """{ members, providers, sensitive, ... }:
+let admin = sensitive (builtins.readFile SECRET_FILE); in {
+  providers.vault = {
+    executable = "PYTHON"; args = [ "VAULT" "LOG" ];
+    resourceTypes.db = { sensitiveOutputs = [ "password" ]; };
+  };
+  members.db = {
+    type = providers.vault.db;
+    inputs = { admin = builtins.trace "debug: the admin password is ${admin}" admin; fail = FAIL; };
+  };
+  members.app = {
+    type = providers.local.file;
+    inputs = { name = "app.conf"; contents = "password=${members.db.outputs.password}"; };
+  };
+  members.motd = { type = providers.local.memo; inputs.initialize_with = "hello"; };
+}
+"""
+
+
+def made(admin: str) -> str:
+    """The password the vault provider makes from an admin password (as tests/providers/vault.py does)."""
+    return "pw-" + hashlib.sha256(admin.encode()).hexdigest()[:16]
+
+
+def deployment(tmp_path: Path, secret_file: Path, *, fail: bool = False) -> str:
+    return (
+        DEPLOYMENT.replace("SECRET_FILE", str(secret_file))
+        .replace("PYTHON", sys.executable)
+        .replace("VAULT", str(VAULT))
+        .replace("LOG", str(tmp_path / "vault.log"))
+        .replace("FAIL", "true" if fail else "false")
+    )
+
+
+def identity(path: Path) -> str:
+    """A new age identity written to ``path``; its public key."""
+    key = pyrage.x25519.Identity.generate()
+    path.write_text(f"# test identity\n{key}\n")
+    return str(key.to_public())
+
+
+def everything_in(repo: Path) -> str:
+    """Every object of the repository, and every file nixgitops keeps under .git (journal, caches)."""
+    objects = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch"], cwd=repo, capture_output=True, check=True
+    ).stdout.decode(errors="replace")
+    kept = [
+        p.read_bytes().decode(errors="replace")
+        for p in (repo / ".git" / "nixgitops").rglob("*")
+        if p.is_file() and not p.name.endswith(".digest-key")
+    ]
+    return "\n".join([objects, *kept])
+
+
+@pytest.fixture
+def world(tmp_path: Path, checkout: Checkout) -> tuple[Checkout, Path, str]:
+    """A checkout whose deployment reads a secret from outside it, with one recipient in .nixgitops/recipients;
+    the identity file (outside it) and the secret."""
+    secret = "admin-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(secret)
+    (checkout.path / ".nixgitops").mkdir()
+    public = identity(tmp_path / "identity.txt")
+    (checkout.path / ".nixgitops" / "recipients").write_text(f"# who can read the state's secrets\n{public}\n")
+    (checkout.path / ".gitignore").write_text("/*\n!/.gitignore\n!/deployment.nix\n!/.nixgitops/\n")
+    checkout.deploy(deployment(tmp_path, secret_file))
+    return checkout, secret_file, secret
+
+
+def test_no_sensitive_value_appears_anywhere(tmp_path: Path, world: tuple[Checkout, Path, str]) -> None:
+    checkout, secret_file, secret = world
+    key = ["--identity", str(tmp_path / "identity.txt"), "--allow-path", str(secret_file)]
+    printed: list[str] = []
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        done = checkout.run(*args, *key)
+        printed.extend([done.stdout, done.stderr])
+        if ok:
+            assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    first = run("plan")
+    assert "+ admin = (sensitive)" in first.stdout and '"hello"' in first.stdout
+    applied = run("apply", "--yes")
+    assert "Apply complete" in applied.stdout
+    assert (checkout.path / "app.conf").read_text() == f"password={made(secret)}"  # the provider got real values
+    assert run("plan").stdout.startswith("No changes.")  # compared by value or keyed digest: nothing moves
+    document = json.loads(run("plan", "--json").stdout)
+    assert all(c["action"] == "noop" for c in document["changes"]), document
+    listed = json.loads(run("state", "list", "--json").stdout)
+    db = next(r for r in listed if r["path"] == "db")
+    assert db["inputs"]["admin"] == "(sensitive)" and db["outputs"]["password"] == "(sensitive)"
+    assert db["outputs"]["echo"] == "(sensitive)", "an output quoting a sensitive value is sensitive too"
+    assert db["outputs"]["host"] == "db.internal"
+
+    # a failing apply: the provider's error quotes the password it was given
+    checkout.deploy(deployment(tmp_path, secret_file, fail=True))
+    failed = run("apply", "--yes", ok=False)
+    assert failed.returncode == 1
+    assert "cannot log in as admin with password (sensitive)" in failed.stdout + failed.stderr
+
+    # a new secret, and a crash just after the provider answered: the journal holds the operation, sealed
+    new_secret = secret + "-rotated"
+    secret_file.write_text(new_secret)
+    checkout.deploy(deployment(tmp_path, secret_file))
+    crashed = subprocess.run(
+        [sys.executable, "-m", "controller", "apply", "--yes", *key],
+        cwd=checkout.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NIXGITOPS_FAILPOINT": "provider-response"},
+    )
+    printed.extend([crashed.stdout, crashed.stderr])
+    assert crashed.returncode != 0
+    journal = checkout.path / ".git" / "nixgitops" / "default.journal"
+    assert journal.stat().st_size > 0 and "__nixgitopsSealed" in journal.read_text()
+    journaled = everything_in(checkout.path)
+    recovered = run("apply", "--yes")
+    assert "was in flight when the controller stopped" in recovered.stdout, recovered.stdout
+    assert (checkout.path / "app.conf").read_text() == f"password={made(new_secret)}"
+    assert run("plan").stdout.startswith("No changes.")
+
+    places = {"what the commands printed": "\n".join(printed), "the repository": everything_in(checkout.path)}
+    places["the repository while the journal held the crash"] = journaled
+    places["the state branch's messages"] = git(checkout.path, "log", "--format=%B", "nixgitops/state")
+    for where, text in places.items():
+        for value in (secret, made(secret), new_secret, made(new_secret)):
+            assert value not in text, f"{value!r} found in {where}"
+    # the places looked at hold what happened
+    assert "debug: the admin password is (sensitive)" in places["what the commands printed"]
+    assert "vault: made password (sensitive)" in places["what the commands printed"]
+    assert "__nixgitopsSealed" in places["the repository"] and "Apply " in places["the state branch's messages"]
+
+    # the one place that shows them, to someone who holds a key
+    shown = json.loads(run("state", "show", "db", "--show-sensitive").stdout)
+    assert shown["inputs"]["admin"] == new_secret and shown["outputs"]["password"] == made(new_secret)
+
+
+def test_keys_rotate_and_a_wrong_or_missing_key_is_a_clear_error(
+    tmp_path: Path, world: tuple[Checkout, Path, str]
+) -> None:
+    checkout, secret_file, secret = world
+    first = ["--identity", str(tmp_path / "identity.txt"), "--allow-path", str(secret_file)]
+    checkout.ok("apply", "--yes", *first)
+
+    # a plan must read db's password (app reads it): without an identity, or with a wrong one, it says so
+    stranger = tmp_path / "stranger.txt"
+    identity(stranger)
+    missing = checkout.run("plan", "--allow-path", str(secret_file))
+    assert_clean_error(missing, "no identity was given", "--identity")
+    wrong = checkout.run("plan", "--identity", str(stranger), "--allow-path", str(secret_file))
+    assert_clean_error(wrong, "Cannot decrypt", str(stranger))
+
+    # rotation: add a recipient, rekey (one state commit) with the old key; the new key reads every value
+    commits = len(checkout.state_log())
+    second = tmp_path / "second.txt"
+    recipients = checkout.path / ".nixgitops" / "recipients"
+    recipients.write_text(recipients.read_text() + identity(second) + "\n")
+    rekeyed = checkout.ok("state", "rekey", *first)
+    assert "Rekeyed 2 resource(s) to 2 recipient(s)" in rekeyed.stdout, rekeyed.stdout
+    assert len(checkout.state_log()) == commits + 1
+    with_second = ["--identity", str(second), "--allow-path", str(secret_file)]
+    assert checkout.ok("plan", *with_second).stdout.startswith("No changes.")
+    shown = json.loads(checkout.ok("state", "show", "db", "--show-sensitive", *with_second).stdout)
+    assert shown["inputs"]["admin"] == secret and shown["outputs"]["password"] == made(secret)
+    # and the old key still does, through the fallback over the identities given
+    both = ["--identity", str(stranger), "--identity", str(tmp_path / "identity.txt")]
+    shown = json.loads(checkout.ok("state", "show", "app", "--show-sensitive", *both).stdout)
+    assert shown["inputs"]["contents"] == f"password={made(secret)}"
+
+    # a recipient that is no key is refused before anything runs
+    recipients.write_text("age1notakey\n")
+    assert_clean_error(checkout.run("apply", "--yes", *first), "is not a valid public key")
+
+
+def test_without_recipients_an_input_is_a_keyed_digest_and_an_output_is_refused(
+    tmp_path: Path, world: tuple[Checkout, Path, str]
+) -> None:
+    checkout, secret_file, secret = world
+    (checkout.path / ".nixgitops" / "recipients").unlink()
+    allow = ["--allow-path", str(secret_file)]
+    checkout.ok("apply", "--yes", *allow)
+    record = json.loads(git(checkout.path, "show", "nixgitops/state:default/resources/" + _location("db")))
+    stored = record["inputs"]["admin"]["__nixgitopsSealed"]
+    assert set(stored) == {"digest"} and stored["digest"].startswith("hmac-sha256:")
+    assert secret not in everything_in(checkout.path)
+    # app reads db's password, which was not kept: the plan says why and what to do
+    refused = checkout.run("plan", *allow)
+    assert_clean_error(refused, "'password' of 'db' is sensitive", "no age recipients were configured", "recipients")
+    # a deployment whose sensitive values are only inputs plans with the digest: nothing changes
+    checkout.deploy(deployment(tmp_path, secret_file).replace("password=${members.db.outputs.password}", "static"))
+    checkout.ok("apply", "--yes", *allow)
+    assert checkout.ok("plan", *allow).stdout.startswith("No changes.")
+    secret_file.write_text(secret + "-changed")
+    changed = checkout.ok("plan", *allow).stdout
+    assert "~ admin = (sensitive) -> (sensitive)  # a sensitive value changed" in changed, changed
+
+
+def _location(path: str) -> str:
+    return hashlib.sha1(path.encode()).hexdigest()[:2] + f"/{path}.json"
