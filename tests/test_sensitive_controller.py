@@ -162,9 +162,9 @@ def test_the_controller_never_shows_a_sensitive_value(tmp_path: Path, server: Gi
         "what the forge was sent": "\n".join(forge_text),
         "the pushed repository": state,
     }
-    for path in (tmp_path / "data").rglob("*"):
-        if path.is_file() and not path.is_symlink() and not path.name.endswith(".digest-key"):
-            places[f"data file {path.relative_to(tmp_path)}"] = path.read_bytes().decode(errors="replace")
+    for kept in (tmp_path / "data").rglob("*"):
+        if kept.is_file() and not kept.is_symlink() and not kept.name.endswith(".digest-key"):
+            places[f"data file {kept.relative_to(tmp_path)}"] = kept.read_bytes().decode(errors="replace")
     for where, text in places.items():
         for value in values:
             assert value not in text, f"{value!r} found in {where}"
