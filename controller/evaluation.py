@@ -444,6 +444,7 @@ class NixEvaluator:
                 f.write(json.dumps(args, separators=(",", ":"), check_circular=False, default=harness_default))
             if self.flake is not None:  # pure: the harness and its arguments come through the store
                 shutil.copyfile(harness_path(), os.path.join(private, "harness.nix"))
+                shutil.copyfile(harness_path().with_name("sensitive.nix"), os.path.join(private, "sensitive.nix"))
                 expression = flakes.bootstrap(Path(private), self._lock(), self.flake.attribute)
                 entry = [*FLAKES, "--option", "pure-eval", "true", *_NO_IFD, "-E", expression]
             else:

@@ -225,3 +225,48 @@ def test_without_recipients_an_input_is_a_keyed_digest_and_an_output_is_refused(
 
 def _location(path: str) -> str:
     return hashlib.sha1(path.encode()).hexdigest()[:2] + f"/{path}.json"
+
+
+ROOT = """let
+  lib = import REFERENCE/nixpkgs-lib/lib;
+  nixops4 = import REFERENCE/nixops4/nix/lib/lib.nix { inherit lib; self = { }; selfWithSystem = null; };
+  local = import REFERENCE/nixops4/nix/providers/local.nix {
+    withSystem = system: f: f { config.packages.nixops4-resources-local-release = "REFERENCE/nixops4"; };
+  };
+in
+nixops4.mkRoot {
+  specialArgs.sensitive = import HARNESS/sensitive.nix;
+  modules = [
+    ({ providers, sensitive, ... }: {
+      providers.local = local;
+      members.secretFile = {
+        type = providers.local.file;
+        inputs = { name = "secret.txt"; contents = sensitive (builtins.readFile SECRET_FILE); };
+      };
+    })
+  ];
+}
+"""
+
+
+def test_a_nixops4_root_marks_values_through_its_module_system(tmp_path: Path, checkout: Checkout) -> None:
+    """NixOps4's own library (mkRoot, its module system, its local provider module) and its real provider binary:
+    a value marked with nixgitops's sensitive.nix through specialArgs stays marked through the module system's
+    typing, is hidden in the plan and digested in state, and reaches the provider in clear."""
+    from conftest import REFERENCE
+
+    from controller.evaluation import harness_path
+
+    secret = "root-secret-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    (tmp_path / "secret").write_text(secret)
+    text = ROOT.replace("REFERENCE", str(REFERENCE)).replace("HARNESS", str(harness_path().parent))
+    checkout.deploy(text.replace("SECRET_FILE", str(tmp_path / "secret")))
+    planned = checkout.ok("plan", "--no-restrict-eval").stdout
+    assert "+ contents = (sensitive)" in planned and '"secret.txt"' in planned
+    checkout.ok("apply", "--yes", "--no-restrict-eval")
+    assert (checkout.path / "secret.txt").read_text() == secret
+    assert secret not in everything_in(checkout.path)
+    record = json.loads(git(checkout.path, "show", "nixgitops/state:default/resources/" + _location("secretFile")))
+    assert set(record["inputs"]["contents"]["__nixgitopsSealed"]) == {"digest"}
+    again = checkout.ok("plan", "--no-restrict-eval").stdout  # (a stateless file is made on every apply)
+    assert "(2 unchanged inputs hidden)" in again and "(sensitive)" not in again, again

@@ -34,22 +34,14 @@ let
   # a flake's output (see controller/flakes.py), or the entry file
   entry = if entryValue != null then entryValue else import args.deployment;
 
-  # Sensitive values (docs/secrets.md) carry the string context of a small store file, which survives
-  # interpolation like the taint does; the inputs report each marked string (and each marked non-string, which
-  # `sensitive` wraps) as { __nixgitopsSensitive = v; }. builtins.toFile computes the path without writing it in
-  # --readonly-mode; the repl on dummy:// cannot, and falls back to nix-instantiate (controller/nix_repl.py).
-  sensitiveMarker = builtins.toFile "nixgitops-sensitive" "nixgitops marks sensitive values with this file's context";
+  # Sensitive values (docs/secrets.md) carry the string context of a small store file (sensitive.nix), which
+  # survives interpolation like the taint does; the inputs report each marked string (and each marked non-string,
+  # which `sensitive` wraps) as { __nixgitopsSensitive = v; }. The repl on dummy:// cannot make the file, and falls
+  # back to nix-instantiate (controller/nix_repl.py).
+  sensitive = import ./sensitive.nix;
   # (recognised by its name, so that checking a string never forces the file: a dummy:// store cannot make it)
   isMarkerKey = k: builtins.substring (builtins.stringLength k - 20) 20 k == "-nixgitops-sensitive";
   isSensitiveString = v: builtins.hasContext v && builtins.any isMarkerKey (builtins.attrNames (builtins.getContext v));
-  sensitive = v:
-    if builtins.isString v then v + builtins.substring 0 0 sensitiveMarker
-    else if builtins.isAttrs v && (v ? __nixgitopsSensitive || v ? outPath || v ? __toString) then
-      (if v ? __nixgitopsSensitive then v else sensitive (toString v))
-    else if builtins.isAttrs v then builtins.mapAttrs (_: sensitive) v
-    else if builtins.isList v then map sensitive v
-    else if builtins.isFunction v then throw "nixgitops: `sensitive` marks data (strings, numbers, lists, attribute sets), not a function"
-    else { __nixgitopsSensitive = v; __toString = self: sensitive (toString v); };
   # A known output from Python: { __nixgitopsSensitive = v; } is sensitive; { __nixgitopsWithheld = why; } is one
   # whose value nixgitops does not have here, and reading it fails with why.
   unsealed = path: attr: v:

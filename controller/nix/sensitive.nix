@@ -1,0 +1,19 @@
+# nixgitops's `sensitive`: marks a value so that nixgitops hides it in every plan, log and API answer and seals it
+# in state (docs/secrets.md). The deployment function gets it as its `sensitive` argument; a NixOps4 root, whose
+# modules get no extra argument, imports this file (mkRoot { specialArgs.sensitive = import ./sensitive.nix; }).
+#
+# The mark is the string context of a small store file named `nixgitops-sensitive`: it survives interpolation and
+# every string operation, as a store path's context does. builtins.toFile computes the file's path without writing
+# it in --readonly-mode (and writes these few bytes otherwise). nixgitops recognises the mark by that name alone.
+let
+  marker = builtins.toFile "nixgitops-sensitive" "nixgitops marks sensitive values with this file's context";
+  sensitive = v:
+    if builtins.isString v then v + builtins.substring 0 0 marker
+    else if builtins.isAttrs v && (v ? __nixgitopsSensitive || v ? outPath || v ? __toString) then
+      (if v ? __nixgitopsSensitive then v else sensitive (toString v))
+    else if builtins.isAttrs v then builtins.mapAttrs (_: sensitive) v
+    else if builtins.isList v then map sensitive v
+    else if builtins.isFunction v then throw "nixgitops: `sensitive` marks data (strings, numbers, lists, attribute sets), not a function"
+    else { __nixgitopsSensitive = v; __toString = self: sensitive (toString v); };
+in
+sensitive
