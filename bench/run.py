@@ -15,6 +15,9 @@ Scenarios (see docs/performance.md for the targets and what each floor is):
       (a derivation of its own) in every resource, against the same deployment.nix; and the apply that builds them
   8   push to preview status: a pull request of a 100-resource deployment updated 20 times, each push (and its signed
       webhook) to the success status of its preview on a fake GitHub on loopback
+  9   what secrets cost: an apply (all create) and a no-change plan of 1,000 resources with a sensitive input each,
+      without recipients (keyed digests), with one age recipient, and with an age and an SSH recipient, against the
+      same deployment without `sensitive`
 """
 
 from __future__ import annotations
@@ -446,6 +449,67 @@ def builds(table: Table, tmp: Path, *, n: int) -> None:
         table.add(Row(f"7 apply, all create: flake, {what}", label, f"{applied.seconds:.2f} s", floor))
 
 
+def sensitive_deployment(n: int, out: Path, *, marked: bool) -> str:
+    """``n`` local.file resources whose contents are a value of their own, marked sensitive or not."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["{ members, providers, sensitive, ... }:", "{"]
+    for i in range(n):
+        value = f'sensitive "secret-{i}-4f2a9c"' if marked else f'"secret-{i}-4f2a9c"'
+        lines.append(
+            f"  members.r{i} = {{ type = providers.local.file;"
+            f' inputs = {{ name = "{out}/r{i}"; contents = {value}; }}; }};'
+        )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def encryption(table: Table, tmp: Path, *, n: int) -> None:
+    """Scenario 9: sealing sensitive values, at apply and at a no-change plan."""
+    import pyrage
+
+    key = pyrage.x25519.Identity.generate()
+    identity = tmp / "bench-identity.txt"
+    identity.write_text(f"{key}\n")
+    ssh = tmp / "bench-ssh"
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh))
+    variants = {
+        "plain (no sensitive)": (False, []),
+        "sensitive, no recipients": (True, []),
+        "sensitive, 1 age recipient": (True, [str(key.to_public())]),
+        "sensitive, age + SSH recipients": (True, [str(key.to_public()), ssh.with_suffix(".pub").read_text().strip()]),
+    }
+    base: tuple[float, float] | None = None
+    for what, (marked, recipients) in variants.items():
+        repo = tmp / f"secrets-{len(recipients)}-{marked}"
+        files = {
+            "deployment.nix": sensitive_deployment(n, tmp / f"out-secrets-{len(recipients)}-{marked}", marked=marked)
+        }
+        if recipients:
+            files[".nixgitops/recipients"] = "\n".join(recipients) + "\n"
+            (repo / ".nixgitops").mkdir(parents=True)
+        git_repo(repo, files)
+        key_args = ["--identity", str(identity)]
+        applied = timed([*NIXGITOPS, "apply", "--yes", "-q", *key_args], repo).seconds
+        plan = median_of(3, lambda: timed([*NIXGITOPS, "plan", *key_args], repo).seconds)  # noqa: B023
+        if not sh(*NIXGITOPS, "plan", *key_args, cwd=repo).startswith("No changes."):
+            raise RuntimeError(f"{what}: the plan after apply is not empty: the figure would measure something else")
+        if base is None:
+            base = (applied, plan)
+        label = f"{n:,}"
+        table.add(
+            Row(
+                f"9 apply, all create: {what}",
+                label,
+                f"{applied:.2f} s",
+                f"{base[0]:.2f} s",
+                f"{applied / base[0]:.2f}",
+            )
+        )
+        table.add(
+            Row(f"9 plan, no change: {what}", label, f"{plan:.3f} s", f"{base[1]:.3f} s", f"{plan / base[1]:.2f}")
+        )
+
+
 def preview_latency(table: Table, tmp: Path, *, n: int, updates: int) -> None:
     """Scenario 8: from `git push` of a pull request's head (and its signed webhook) to the preview's success status
     on the forge (a fake GitHub on loopback, tests/fakeforge.py), for a deployment of ``n`` resources."""
@@ -534,7 +598,7 @@ def status_kb(pid: int, key: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,1000,10000")
-    parser.add_argument("--only", default="1a,1b,2,3,4,5,6,7,8")
+    parser.add_argument("--only", default="1a,1b,2,3,4,5,6,7,8,9")
     parser.add_argument("--markdown", type=Path, help="also write the table here, as Markdown")
     parser.add_argument("--idle-window", type=float, default=60.0, help="seconds of idle measured (scenario 5)")
     args = parser.parse_args()
@@ -561,6 +625,8 @@ def main() -> int:
             builds(table, Path(tmp), n=1000)
         if "8" in only:
             preview_latency(table, Path(tmp), n=100, updates=20)
+        if "9" in only:
+            encryption(table, Path(tmp), n=1000)
     print(f"\nmachine: {machine}; whole run {time.monotonic() - started:.0f} s\n")
     print(table.markdown())
     if args.markdown:

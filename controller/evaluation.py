@@ -247,6 +247,7 @@ class NixEvaluator:
         self._writable = False  # within session(writable=True): the repl writes derivations to the store
         self._evaluating = threading.Lock()
         self.taint = True  # string context as taint in nix-instantiate passes, until the deployment refuses it
+        self._private_store = False  # the repl needs a store of its own (see NixRepl's private_store)
         self.wrap: Wrap = scratch_wrap
         """Makes a sensitive value of the deployment ``Sensitive`` (the engine sets its deployment's sealer's)."""
 
@@ -265,6 +266,11 @@ class NixEvaluator:
             if self._repl is not None:
                 self._repl.close()
                 self._repl = None
+
+    def _close_repl(self) -> None:
+        if self._repl is not None:
+            self._repl.close()
+            self._repl = None
 
     def _fall_back(self, why: Exception) -> None:
         """Leave the persistent evaluator for the rest of the session: every pass is a ``nix-instantiate``."""
@@ -406,7 +412,15 @@ class NixEvaluator:
         if persistent:
             try:
                 return self._run_in_repl(args)
-            except (NeedsStore, ReplUnavailable) as exc:
+            except NeedsStore as exc:
+                if self._writable or self._private_store:
+                    self._fall_back(exc)
+                else:  # (`sensitive` writes a small file: a repl with a store of its own can, dummy:// cannot)
+                    self._private_store = True
+                    self._close_repl()
+                    self.passes -= 1  # (the same pass, again)
+                    return self._run(args, persistent=True, writable=writable, taint=taint)
+            except ReplUnavailable as exc:
                 self._fall_back(exc)
         if writable or not taint or not self.taint or args.get("focus") is not None:
             return self._instantiate(args, writable=writable)  # (taint needs a read-only store: see harness.nix)
@@ -521,6 +535,7 @@ class NixEvaluator:
                     [*argv, *nix_options(self.limits, [self.root, scratch])], self.limits.memory
                 ),
                 store=common_options(self.nix) if self._writable else None,
+                private_store=self._private_store,
             )
         try:
             text, printed = self._repl.evaluate({k: v for k, v in args.items() if k != "known"}, args["known"])

@@ -82,11 +82,14 @@ class NixRepl:
         timeout: float | None = None,
         wrap: Callable[[list[str], Path], list[str]] = lambda argv, scratch: argv,
         store: list[str] | None = None,
+        private_store: bool = False,
     ) -> None:
         """``wrap`` turns the repl's command line into the one to run (limits, options), given the scratch
         directory whose files the repl reads. ``store``: the options that name the store and configure Nix
         (``nixcli.common_options``), for a repl that writes derivations to be built; None: ``dummy://`` (or
-        ``NIXGITOPS_NIX_STORE``), which writes nothing."""
+        ``NIXGITOPS_NIX_STORE``), which writes nothing. ``private_store``: instead of ``dummy://``, a store of its
+        own in its scratch directory (removed with it), for deployments that must write small files to evaluate
+        (``builtins.toFile``, which nixgitops's ``sensitive`` mark uses): still nothing reaches the real store."""
         self.timeout = timeout
         self._dir = Path(tempfile.mkdtemp(prefix="nixgitops-repl-"))
         self._known_dir = self._dir / "known"
@@ -103,7 +106,9 @@ class NixRepl:
         nonce = secrets.token_hex(8)
         self._result = f"{RESULT}{nonce} "
         self._end = f"{END}{nonce} "
-        if store is None:
+        if store is None and private_store:
+            store = ["--store", str(self._dir / "store")]
+        elif store is None:
             store = ["--store", os.environ.get("NIXGITOPS_NIX_STORE") or "dummy://"]
         argv = ["nix", "--extra-experimental-features", "nix-command", "repl", *store]
         if show_trace:

@@ -20,7 +20,6 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
@@ -87,7 +86,8 @@ class Sensitive:
             if self.sealed is None:
                 raise Unavailable(
                     "it was stored only as a keyed digest, because no age recipients were configured when it was"
-                    " written",
+                    " written. Configure recipients (.nixgitops/recipients, or [deployments.NAME.encryption]; see"
+                    " docs/secrets.md), then make the resource again so that its outputs are kept encrypted",
                     stored=False,
                 )
             if self.opener is None:
@@ -224,7 +224,7 @@ def unwrap_harness(value: Any, wrap: Wrap) -> Any:
 # -- redaction of free text ----------------------------------------------------------------------------------
 
 _known: set[str] = set()
-_pattern: tuple[int, re.Pattern[str] | None] = (0, None)
+_ordered: tuple[int, list[str]] = (0, [])  # the values, longest first, as of a size of _known
 
 
 def _texts(value: Any) -> list[str]:
@@ -256,17 +256,26 @@ def remember(value: Any) -> None:
                 _known.add(line.strip())
 
 
+def _values() -> list[str]:
+    global _ordered
+    count, values = _ordered
+    if count != len(_known):
+        values = sorted(tuple(_known), key=len, reverse=True)
+        _ordered = (len(values), values)
+    return values
+
+
 def redact(text: str) -> str:
-    """``text`` with every sensitive value known to this process replaced by ``(sensitive)``."""
-    global _pattern
+    """``text`` with every sensitive value known to this process replaced by ``(sensitive)``.
+
+    One substring search per value (C speed, about 0.1 us each): cheaper than a regular expression of them all,
+    which would be compiled again each time a value becomes known (every settled operation of a chain)."""
     if not _known or not text:
         return text
-    count, pattern = _pattern
-    if pattern is None or count != len(_known):
-        values = sorted(tuple(_known), key=len, reverse=True)
-        pattern = re.compile("|".join(re.escape(v) for v in values))
-        _pattern = (len(values), pattern)
-    return pattern.sub(MASK, text)
+    for value in _values():  # longest first: a value that holds another is replaced whole
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
 
 
 def quotes_sensitive(value: Any) -> bool:

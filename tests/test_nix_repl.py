@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -77,8 +78,10 @@ def test_a_user_error_is_reported_and_the_repl_goes_on(tmp_path: Path) -> None:
         assert in_repl.evaluate(known, select={"d"}).resources["d"].inputs == {"initialize_with": "d"}
 
 
-def test_evaluation_that_needs_the_store_falls_back_to_nix_instantiate(tmp_path: Path) -> None:
-    (tmp_path / "script.sh").write_text("echo hi\n")
+def test_evaluation_that_needs_the_store_moves_to_a_repl_with_a_store_of_its_own(tmp_path: Path) -> None:
+    """dummy:// cannot take a file (a source copied, `builtins.toFile`, nixgitops's `sensitive` mark): the repl starts
+    again with a store in its scratch directory, and the session stays in a repl; nothing reaches the real store."""
+    (tmp_path / "script.sh").write_text(f"echo {tmp_path.name}\n")  # (a file the real store cannot have)
     in_repl, one_shot = both(
         tmp_path,
         """
@@ -95,11 +98,16 @@ def test_evaluation_that_needs_the_store_falls_back_to_nix_instantiate(tmp_path:
     known = KnownOutputs({"a": {"value": "A"}})
     with in_repl.session():
         answer = in_repl.evaluate(known, select={"b"})
-        assert in_repl._repl is None
+        assert in_repl._repl is not None and in_repl._private_store
+        again = in_repl.evaluate(known, select={"b"})
     value = answer.resources["b"].inputs["initialize_with"]
     assert value.startswith("/nix/store/") and value.endswith("-script.sh A")
     assert answer == one_shot.evaluate(dict(known), select={"b"})
-    assert any("nix-instantiate from now on" in line and "dummy" in line for line in logged)
+    assert again.resources["b"].inputs == answer.resources["b"].inputs  # (the second pass: still in the repl)
+    assert not any("nix-instantiate from now on" in line for line in logged)
+    stored = value.split(" ")[0]
+    valid = subprocess.run(["nix-store", "--check-validity", stored], capture_output=True, check=False)
+    assert valid.returncode != 0, f"{stored} reached the real store"
 
 
 def test_a_repl_that_dies_is_replaced_by_nix_instantiate(tmp_path: Path) -> None:
