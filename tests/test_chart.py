@@ -68,6 +68,7 @@ def test_the_full_values_render_what_production_needs() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/etc/nixgitops/git", "/etc/nixgitops/webhooks/gh", "/var/lib/nixgitops", "/tmp"} <= mounts
+    assert "/etc/nixgitops/age/web" in mounts
     assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
     ingress = by_kind(docs, "Ingress")[0]
     assert [p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]] == ["/hooks/"]
@@ -91,7 +92,11 @@ def test_the_rendered_configuration_is_one_the_controller_accepts(tmp_path: Path
     token.write_text("t")
     data["server"]["token_file"] = str(token)
     data["forges"]["hub"]["token_file"] = str(token)
+    assert data["deployments"]["web"]["encryption"]["identity_file"] == "/etc/nixgitops/age/web/identity.txt"
+    data["deployments"]["web"]["encryption"]["identity_file"] = str(secret)
     parsed = parse(data, Path("nixgitops.toml"))
+    assert parsed.deployments["web"].encryption.enforced is True
+    assert parsed.deployments["web"].encryption.recipients[0].startswith("age1")
     assert parsed.forges["hub"].kind == "github" and parsed.deployments["web"].previews is True
     assert parsed.deployments["web"].forge == "hub"
     assert parsed.deployments["staging"].apply == "plan-only"
