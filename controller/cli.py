@@ -419,7 +419,10 @@ def _surgery_target(args: argparse.Namespace) -> tuple[StateBranch, Path, contex
     config = load(args.config)
     reconciler = Reconciler(config, config.deployment(args.deployment))
     d = reconciler.deployment
-    sealer = Sealer(d.encryption, key_file=reconciler.journal.with_suffix(".digest-key"))
+    encryption = d.encryption
+    if getattr(args, "identity", None):  # (--identity, else the configuration's identity_file)
+        encryption = replace(encryption, identity_files=tuple(args.identity))
+    sealer = Sealer(encryption, key_file=reconciler.journal.with_suffix(".digest-key"))
     store = StateBranch(
         reconciler.state_cache.repo, branch=d.state_branch, deployment=d.name, identity=config.identity, sealer=sealer
     )

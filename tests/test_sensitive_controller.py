@@ -186,6 +186,26 @@ def test_the_controller_never_shows_a_sensitive_value(tmp_path: Path, server: Gi
     ).stdout
     assert json.loads(opened) == made(second)
 
+    # rotation on the controller: a new recipient, `state rekey --config` (one commit), pushed by the next run
+    new_key = tmp_path / "new-identity.txt"
+    subprocess.run(["age-keygen", "-o", str(new_key)], capture_output=True, check=True)
+    new_public = next(line.split(": ")[1] for line in new_key.read_text().splitlines() if "public key" in line)
+    text = config.read_text().replace(f'recipients = ["{public}"]', f'recipients = ["{public}", "{new_public}"]')
+    config.write_text(text)
+    cli = [sys.executable, "-m", "controller"]
+    rekeyed = subprocess.run(
+        [*cli, "state", "rekey", "--config", str(config), "--deployment", "web"], capture_output=True, text=True
+    )
+    assert rekeyed.returncode == 0 and "to 2 recipient(s)" in rekeyed.stdout, rekeyed.stdout + rekeyed.stderr
+    subprocess.run([*cli, "reconcile", "web", "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert "Rekey 2 resource(s)" in git(dev.bare, "log", "-1", "--format=%s", "nixgitops/state")
+    record = json.loads(git(dev.bare, "show", "nixgitops/state:web/resources/" + _location("db")))
+    (tmp_path / "rekeyed.age").write_bytes(base64.b64decode(record["inputs"]["admin"]["__nixgitopsSealed"]["age"]))
+    opened = subprocess.run(
+        ["age", "-d", "-i", str(new_key), str(tmp_path / "rekeyed.age")], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(opened) == second
+
 
 def test_enforced_encryption_without_recipients_calls_no_provider(tmp_path: Path, server: GitServer) -> None:
     (tmp_path / "secrets").mkdir()
