@@ -256,6 +256,12 @@ def remember(value: Any) -> None:
                 _known.add(line.strip())
 
 
+def forget_all() -> None:
+    """Forget every value remembered for ``redact``: the values of one process are all its deployments', and a test
+    suite runs many unrelated ones in one process."""
+    _known.clear()
+
+
 def _values() -> list[str]:
     global _ordered
     count, values = _ordered

@@ -33,6 +33,17 @@ GIT_ENV = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _forget_sensitive_values() -> Iterator[None]:
+    """Each test starts with no sensitive value remembered for redaction (a value of one test, say "other", would
+    otherwise be redacted from the next test's output)."""
+    from controller.sensitive import forget_all
+
+    forget_all()
+    yield
+    forget_all()
+
+
 def git(cwd: Path, *args: str) -> str:
     env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
     done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
