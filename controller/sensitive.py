@@ -23,6 +23,8 @@ import json
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
+from controller.errors import SecretsError
+
 MASK: Final = "(sensitive)"
 HARNESS_KEY: Final = "__nixgitopsSensitive"
 """``{"__nixgitopsSensitive": value}``: a sensitive value between the harness and Python, in both directions."""
@@ -192,7 +194,7 @@ def harness_default(value: object) -> Any:
     if isinstance(value, Sensitive):
         try:
             return {HARNESS_KEY: value.reveal()}
-        except Unavailable as exc:
+        except (Unavailable, SecretsError) as exc:  # (no identity, or a wrong one: only a reader fails, with why)
             return {WITHHELD_KEY: str(exc)}
     raise TypeError(f"{type(value).__name__} is not JSON")
 
