@@ -156,10 +156,15 @@ def parser() -> argparse.ArgumentParser:
     move = state_sub.add_parser("mv", parents=[common, surgery], help="rename a resource or a composite in state")
     move.add_argument("old", metavar="OLD", help="the path in state")
     move.add_argument("new", metavar="NEW", help="the new path; nothing may be there")
-    state_sub.add_parser(
+    rekey = state_sub.add_parser(
         "rekey",
         parents=[common, surgery],
         help="encrypt every sensitive value in state again, to the recipients configured now (one state commit)",
+    )
+    rekey.add_argument(
+        "--reset-digests",
+        action="store_true",
+        help="forget digests made with another machine's key: the next apply sends those values again",
     )
 
     configured = argparse.ArgumentParser(add_help=False)
@@ -517,7 +522,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     recipients configured now, and the digest key with them; one state commit, no provider call."""
     store, journal_path, lock = _surgery_target(args)
     sealer = store.sealer
-    if sealer is None or not sealer.encrypting:
+    if sealer is None or (not sealer.encrypting and not args.reset_digests):
         raise SecretsError(
             f"No recipients are configured for deployment {store.deployment!r}: list them in {RECIPIENTS_FILE} (one"
             " per line) or in [deployments.NAME.encryption] recipients, then rekey."
@@ -529,17 +534,24 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         upserts = {}
         for path, record in sorted(state.items()):
             if contains(dict(record.inputs)) or contains(dict(record.outputs)):
-                inputs, outputs = sealer.rekey(dict(record.inputs)), sealer.rekey(dict(record.outputs))
+                reset = args.reset_digests
+                inputs = sealer.rekey(dict(record.inputs), reset=reset)
+                outputs = sealer.rekey(dict(record.outputs), reset=reset)
                 upserts[path] = replace(record, inputs=inputs, outputs=outputs)
         sealer.digest_key()
-        meta = {**store.load_meta(), "digestKey": sealer.meta_entry()}
+        meta = {k: v for k, v in store.load_meta().items() if k != "digestKey"}
+        if (sealed_key := sealer.meta_entry()) is not None:
+            meta["digestKey"] = sealed_key
         count = len(sealer.encryption.recipients)
         message = f"Rekey {len(upserts)} resource(s) with sensitive values to {count} recipient(s)\n"
         commit = store.commit(upserts=upserts, deletes=(), meta=meta, message=message, state={**state, **upserts})
     if args.json:
         print(json.dumps({"deployment": store.deployment, "commit": commit, "rekeyed": sorted(upserts)}, indent=2))
         return 0
-    print(f"Rekeyed {len(upserts)} resource(s) to {count} recipient(s).")
+    if args.reset_digests:
+        print(f"Reset the digests made elsewhere in {len(upserts)} resource(s): the next apply sends them again.")
+    if sealer.encrypting:
+        print(f"Rekeyed {len(upserts)} resource(s) to {count} recipient(s).")
     print(f"State: commit {(commit or 'none')[:12]} on {store.branch} (no provider was called)")
     return 0
 

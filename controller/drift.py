@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from controller import protocol
-from controller.errors import ProviderError
+from controller.errors import ProviderError, SecretsError
 from controller.model import ResourceState
 from controller.provider_client import Providers
 from controller.sealing import scratch_wrap
@@ -31,7 +31,7 @@ def _check(resource: ResourceState, providers: Providers, wrap: Wrap) -> bool | 
     what = f"readResourceRequest for {resource.path!r}"
     try:
         answer = providers.call(resource.provider, message, what=what, hide=hidden)
-    except (ProviderError, Unavailable):  # (a sealed input this controller cannot decrypt: it cannot ask)
+    except (ProviderError, SecretsError, Unavailable):  # (a sealed input it cannot decrypt: it cannot ask)
         return None
     outputs = mark_outputs(dict(answer["outputProperties"]), hidden, wrap)  # compared by value or keyed digest
     return answer.get("inSync") is False or outputs != dict(resource.outputs)

@@ -450,9 +450,11 @@ class Engine:
         what they hold back are left out of the plan and listed in ``Planned.held``, so a run never plans over an
         operation whose outcome is unknown, and still does everything else."""
         self.sealer.check()  # (bad recipients, or encryption enforced without any: refused before anything runs)
+        state = self.load_state()
+        self.sealer.check_digests()  # (sensitive values digested elsewhere cannot be compared here)
         planned = compute_plan(
             self.evaluator,
-            self.load_state(),
+            state,
             destroy=destroy,
             entry=str(self.entry_file),
             allow_empty=allow_empty,

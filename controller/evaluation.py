@@ -42,7 +42,7 @@ from controller.nix_repl import NeedsStore, NixRepl, ReplTimeout, ReplUnavailabl
 from controller.nixcli import FLAKES, common_options
 from controller.processes import KEPT_LIMIT, CommandFailed, run
 from controller.sealing import scratch_wrap
-from controller.sensitive import HARNESS_KEY, Wrap, harness_default, redact, unwrap_harness
+from controller.sensitive import HARNESS_KEY, Wrap, harness_default, redact, remember, unwrap_harness
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
 PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*(?:\.[A-Za-z_][A-Za-z0-9_'-]*)*$")  # a dotted path of names
@@ -153,6 +153,7 @@ class _Traces:
 
 _DONE, _READ, _UNKNOWN, _BLOCKED = (f"{_MARK}{k} " for k in ("done", "read", "unknown", "blocked"))
 _START = f"{_MARK}start"
+_SENSITIVE = f"{_MARK}sensitive "
 
 
 def parse_traces(stderr: str) -> _Traces:
@@ -189,6 +190,9 @@ def parse_traces(stderr: str) -> _Traces:
             pending = False
         elif line == _START:
             reads, unknown, failed, pending = set(), set(), [], False
+        elif line.startswith(_SENSITIVE):  # (controller/nix/sensitive.nix: a value to redact from everything else)
+            with contextlib.suppress(ValueError):
+                remember(json.loads(line[len(_SENSITIVE) :]))
         elif line.strip() and not line.startswith(_MARK):
             traces.other.append(line)
     return traces

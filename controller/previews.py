@@ -27,7 +27,7 @@ from controller.errors import NixgitopsError
 from controller.model import ABSENT, UNKNOWN
 from controller.plan_render import render_plan, summary
 from controller.planning import Action, Plan, without_deletes
-from controller.sensitive import digest_default, redact
+from controller.sensitive import digest_default, redact, redact_value
 from controller.source import Cache, remote_ref
 from webhooks.forge import Forge, ForgeConfig, ForgeError, PullRequest, open_forge
 
@@ -106,7 +106,7 @@ class Book:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=".previews-")
         with os.fdopen(handle, "w") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
+            json.dump(redact_value(data), out, indent=2, sort_keys=True)  # (a plan's error may quote a value)
             out.flush()
             os.fsync(out.fileno())
         os.replace(name, self.path)

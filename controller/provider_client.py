@@ -136,10 +136,11 @@ class ProviderProcess:
                 f" before {what}; one request gets exactly one response line. It was stopped.{self._tail()}",
                 fatal=True,
             )
+        data = protocol.encode(message)  # (before the journal's intent: a request that cannot be made is not one)
         if before_send is not None:
             before_send(self.proc.pid)
         try:
-            self.proc.stdin.write(protocol.encode(message))
+            self.proc.stdin.write(data)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._fail(f"had exited before {what} could be sent", kind=kind, sent=False)

@@ -46,8 +46,7 @@ from controller.planning import Plan, without_deletes
 from controller.previews import Previews
 from controller.processes import CommandFailed, run
 from controller.provider_client import Providers
-from controller.sensitive import mask_default, mask_sealed
-from controller.sensitive import redact as hide_sensitive
+from controller.sensitive import mask_default, mask_sealed, redact_value
 from controller.source import BranchMissing, Cache, SourceUnavailable, redact, remote_ref, remote_refs
 from controller.state_branch import StateBranch
 from webhooks.forge import ForgeError
@@ -214,7 +213,7 @@ class Reconciler:
         if plan is not None:  # a file of its own, written compactly: it grows with the deployment
             self.plan_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.plan_path.with_suffix(".tmp")
-            tmp.write_text(hide_sensitive(json.dumps(plan, separators=(",", ":"), default=mask_default)))
+            tmp.write_text(json.dumps(redact_value(plan), separators=(",", ":"), default=mask_default))
             os.replace(tmp, self.plan_path)
         status = self.status()
         status.pop("lastPlan", None)  # kept here by earlier versions
@@ -231,7 +230,7 @@ class Reconciler:
         if record.source_commit:
             status["sourceCommit"] = record.source_commit
         tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(hide_sensitive(json.dumps(status, indent=2, sort_keys=True)))
+        tmp.write_text(json.dumps(redact_value(status), indent=2, sort_keys=True))
         os.replace(tmp, self.status_path)
 
     def _keeping_builds(self, record: Run) -> Callable[[str], None]:

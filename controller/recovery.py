@@ -22,13 +22,13 @@ from dataclasses import replace
 from typing import Any
 
 from controller import protocol
-from controller.errors import ProviderError
+from controller.errors import ProviderError, SecretsError
 from controller.graph import invert
 from controller.journal import Journal
 from controller.model import ProviderSpec, ResourceState
 from controller.provider_client import Providers
 from controller.sealing import scratch_wrap
-from controller.sensitive import Unavailable, Wrap, mark_outputs
+from controller.sensitive import Unavailable, Wrap, mark_outputs, redact
 
 
 def _wait_gone(pid: int, deadline: float) -> None:
@@ -135,9 +135,9 @@ def recover(
             _wait_gone(int(intent.get("pid", 0)) or -1, time.monotonic() + timeout)
             try:
                 notes.append(_settle(intent, providers, state, wrap))
-            except (ProviderError, Unavailable) as exc:
-                unsettled.append({**intent, "pid": 0, "error": str(exc)})  # its process is gone or given up on
-                notes.append(f"{intent['path']}: an interrupted operation could not be settled yet: {exc}")
+            except (ProviderError, SecretsError, Unavailable) as exc:
+                unsettled.append({**intent, "pid": 0, "error": redact(str(exc))})  # its process is gone or given up on
+                notes.append(f"{intent['path']}: an interrupted operation could not be settled yet: {redact(str(exc))}")
     return notes, unsettled
 
 

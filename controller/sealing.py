@@ -15,6 +15,7 @@ finds it. See docs/secrets.md for the threat model.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -142,6 +143,8 @@ class Sealer:
     _recipients: list[Any] | None = field(default=None, init=False)
     _identities: list[Any] | None = field(default=None, init=False)
     _reuse: dict[str, tuple[str, str]] = field(default_factory=dict, init=False)
+    seen_key_ids: set[str] = field(default_factory=set, init=False)
+    """The digest keys (by id) of the sealed values read so far (``check_digests``)."""
 
     # -- keys ------------------------------------------------------------------------------------------------
 
@@ -170,18 +173,20 @@ class Sealer:
         return self._identities
 
     def digest_key(self) -> bytes:
-        """The local digest key; else the one the state branch keeps sealed (needs an identity); else a new one."""
+        """The deployment's digest key: the one the state branch keeps sealed when there is one (decrypted with an
+        identity, once, then kept locally), else the local one, else a new one."""
         if self._key is not None:
             return self._key
-        try:
-            key = self.key_file.read_bytes()
-            if len(key) == 32:
-                self._key = key
-                return key
-        except OSError:
-            pass
+        local: bytes | None = None
+        with contextlib.suppress(OSError):
+            local = self.key_file.read_bytes()
+        if local is not None and len(local) != 32:
+            local = None
         stored = self.meta().get("digestKey")
         if isinstance(stored, Mapping) and isinstance(stored.get("age"), str):
+            if local is not None and key_id(local) == stored.get("id"):
+                self._key = local
+                return local
             try:
                 key = base64.b64decode(self._open_bytes(stored["age"], "the deployment's digest key"))
             except Unavailable:
@@ -190,20 +195,51 @@ class Sealer:
                     " encrypted, and this machine has no copy of it: give an identity to decrypt it"
                     f" ({self.encryption.identity_hint})."
                 ) from None
-            self._save_key(key)
-            return key
-        key = secrets.token_bytes(32)
-        self._save_key(key)
-        return key
+            return self._save_key(key, replace=True)
+        if local is not None:
+            self._key = local
+            return local
+        return self._save_key(secrets.token_bytes(32))
 
-    def _save_key(self, key: bytes) -> None:
+    def check_digests(self) -> None:
+        """Refuse to plan against sensitive values digested with another key than this machine's: they would all
+        look changed, and two machines would update them back and forth. Call after loading state."""
+        if not self.seen_key_ids:
+            return
+        mine = key_id(self.digest_key())
+        foreign = sorted(self.seen_key_ids - {mine})
+        if foreign:
+            raise SecretsError(
+                f"The sensitive values in state were digested with a key this machine does not have (key"
+                f" {', '.join(foreign)}; here: {mine}), so nixgitops cannot tell whether they changed. Copy"
+                f" {self.key_file.name} from the machine (or the controller's data directory) that applied them to"
+                f" {self.key_file}, or configure recipients, which keeps the key on the state branch for every key"
+                " holder. To send every such value again instead, run `nixgitops state rekey --reset-digests`."
+            )
+
+    def _save_key(self, key: bytes, *, replace: bool = False) -> bytes:
+        """Keep ``key`` in the key file (mode 0600). A new key is linked into place only if there is none yet: of two
+        runs making the first key at once (a preview and a reconcile), both end up with the one that won."""
         self.key_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.key_file.with_name(self.key_file.name + f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.key_file.with_name(f"{self.key_file.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key)
-        os.replace(tmp, self.key_file)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            if replace:
+                os.replace(tmp, self.key_file)
+            else:
+                try:
+                    os.link(tmp, self.key_file)
+                except FileExistsError:
+                    key = self.key_file.read_bytes()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         self._key = key
+        return key
 
     def meta_entry(self) -> dict[str, Any] | None:
         """What ``deployment.json`` keeps of the digest key (``digestKey``): sealed to the recipients, or nothing.
@@ -253,19 +289,22 @@ class Sealer:
         entry.update(age=sealed, to=to)
         return {SEALED_KEY: entry}
 
-    def revive(self, data: Any) -> Any:
+    def revive(self, data: Any, *, own: bool = True) -> Any:
         """A JSON value read from state or the journal, with its sealed values made ``Sensitive`` (opened only when
-        revealed)."""
+        revealed). ``own``: the deployment's own (not another deployment's on a shared state branch, digested with
+        that deployment's key): its digest keys are noted for ``check_digests``."""
         if isinstance(data, dict):
             entry = data.get(SEALED_KEY)
             if isinstance(entry, dict) and len(data) == 1:
                 digest, sealed, to = str(entry.get("digest", "")), entry.get("age"), entry.get("to")
+                if own:
+                    self.seen_key_ids.add(digest.split(":")[1] if digest.count(":") == 2 else "?")
                 if isinstance(sealed, str) and isinstance(to, str):
                     self._reuse.setdefault(digest, (sealed, to))
                 return Sensitive(digest=digest, sealed=sealed, to=to, opener=self.open)
-            return {k: self.revive(v) for k, v in data.items()}
+            return {k: self.revive(v, own=own) for k, v in data.items()}
         if isinstance(data, list):
-            return [self.revive(v) for v in data]
+            return [self.revive(v, own=own) for v in data]
         return data
 
     def open(self, sealed: str) -> Any:
@@ -288,14 +327,22 @@ class Sealer:
                 " `nixgitops state rekey` with an identity that can already decrypt)."
             ) from None
 
-    def rekey(self, value: Any) -> Any:
-        """A value with every sealed value re-encrypted to the current recipients (``nixgitops state rekey``)."""
+    def rekey(self, value: Any, *, reset: bool = False) -> Any:
+        """A value with every sealed value re-encrypted to the current recipients (``nixgitops state rekey``); one
+        kept as a digest only stays so (it was never stored). ``reset``: a digest made with another key than this
+        machine's is replaced by one that matches no value, so that the next plan sends the value again."""
         if isinstance(value, Sensitive):
+            mine = key_id(self.digest_key())
+            digest = value.digest
+            if reset and digest.count(":") == 2 and digest.split(":")[1] != mine:
+                digest = f"hmac-sha256:{mine}:reset"
+            if not self.encrypting or (value.sealed is None and not value.has_value):
+                return Sensitive(digest=digest, sealed=value.sealed, to=value.to, opener=self.open)
             plain = value.reveal()
             sealed = base64.b64encode(pyrage.encrypt(canonical(plain), self.recipients())).decode()
-            return Sensitive(plain, digest=value.digest, sealed=sealed, to=fingerprint(self.encryption.recipients))
+            return Sensitive(plain, digest=digest, sealed=sealed, to=fingerprint(self.encryption.recipients))
         if isinstance(value, dict):
-            return {k: self.rekey(v) for k, v in value.items()}
+            return {k: self.rekey(v, reset=reset) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.rekey(v) for v in value]
+            return [self.rekey(v, reset=reset) for v in value]
         return value

@@ -177,13 +177,15 @@ def digest_default(value: object) -> Any:
 def wire(value: object) -> Any:
     """``json.dumps(..., default=wire)``: sensitive values as they are, for the provider. A value stored only as a
     digest (no recipients were configured) goes as null: nixgitops does not have it. One that is encrypted and
-    cannot be decrypted here raises ``Unavailable``."""
+    cannot be decrypted here raises ``SecretsError`` (the request is not sent)."""
     if isinstance(value, Sensitive):
         try:
             return value.reveal()
         except Unavailable as exc:
             if exc.stored:
-                raise
+                raise SecretsError(
+                    f"A request holds a sensitive value of the last apply that cannot be sent: {exc}."
+                ) from None
             return None
     raise TypeError(f"{type(value).__name__} is not JSON")
 
@@ -230,15 +232,15 @@ _ordered: tuple[int, list[str]] = (0, [])  # the values, longest first, as of a 
 
 
 def _texts(value: Any) -> list[str]:
+    """The strings in a value. Numbers and booleans are left out: masked where they are structured, they are not
+    searched for in free text, where ``5432`` would also be found inside every other number that holds it."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
         return [t for v in value.values() for t in _texts(v)]
     if isinstance(value, list):
         return [t for v in value for t in _texts(v)]
-    if value is None or isinstance(value, bool | Sensitive):
-        return []
-    return [json.dumps(value)]
+    return []
 
 
 def remember(value: Any) -> None:

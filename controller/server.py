@@ -26,6 +26,7 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from controller.config import Config
@@ -33,7 +34,7 @@ from controller.errors import UserError
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.scheduler import Scheduler
-from controller.sensitive import redact
+from controller.sensitive import redact, redact_value
 from webhooks import PULL_REQUEST, PULL_REQUEST_CLOSED, PULL_REQUEST_IGNORED, Delivery, Rejected, receive
 
 MAX_BODY = 1024 * 1024
@@ -74,7 +75,7 @@ class RedactedJSONResponse(JSONResponse):
     one, a Nix trace kept in a run's log): the status API shows ``(sensitive)``, never a value."""
 
     def render(self, content: Any) -> bytes:
-        return redact(super().render(content).decode()).encode()
+        return super().render(redact_value(jsonable_encoder(content)))
 
 
 def create_app(

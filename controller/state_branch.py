@@ -32,7 +32,7 @@ from controller import failpoints
 from controller.errors import StateError
 from controller.model import ResourceState
 from controller.sealing import Sealer
-from controller.sensitive import SEALED_KEY
+from controller.sensitive import SEALED_KEY, redact
 
 DEFAULT_BRANCH = "nixgitops/state"
 DEFAULT_IDENTITY = ("nixgitops", "nixgitops@localhost")
@@ -122,6 +122,7 @@ class StateBranch:
         holding one cannot be written, and sealed values are read as they are stored."""
         self.repo = repo
         self.sealer = sealer
+        self.foreign = False  # another deployment's records, read by this one (``others``)
         self.branch = branch
         self.ref = f"refs/heads/{branch}"
         self.deployment = deployment
@@ -188,6 +189,7 @@ class StateBranch:
         for entry in root or ():
             if entry.name and entry.name != self.deployment and isinstance(entry, pygit2.Tree):
                 other = StateBranch(self.repo, branch=self.branch, deployment=entry.name, sealer=self.sealer)
+                other.foreign = True
                 found.update(other.load())
         return found
 
@@ -213,7 +215,7 @@ class StateBranch:
     def _revive(self, data: Any, raw: bytes) -> Any:
         if self.sealer is None or _SEALED not in raw:
             return data
-        return self.sealer.revive(data)
+        return self.sealer.revive(data, own=not self.foreign)
 
     def _load(self, resources: pygit2.Tree) -> tuple[dict[str, ResourceState], bool]:
         """The records, and whether any holds a sealed value."""
@@ -342,6 +344,7 @@ class StateBranch:
             )
         signature = pygit2.Signature(*self.identity)
         parents = [tip.id] if tip is not None else []
+        message = redact(message)  # (every commit message: a provider's error in a run's summary, a recovery note)
         failpoints.hit("state-commit")
         try:
             oid = self.repo.create_commit(self.ref, signature, signature, message, tree, parents)

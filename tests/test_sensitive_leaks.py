@@ -270,3 +270,86 @@ def test_a_nixops4_root_marks_values_through_its_module_system(tmp_path: Path, c
     assert set(record["inputs"]["contents"]["__nixgitopsSealed"]) == {"digest"}
     again = checkout.ok("plan", "--no-restrict-eval").stdout  # (a stateless file is made on every apply)
     assert "(2 unchanged inputs hidden)" in again and "(sensitive)" not in again, again
+
+
+def test_what_review_found_stays_fixed(tmp_path: Path, world: tuple[Checkout, Path, str]) -> None:
+    """A recovery whose repeated request fails quoting the secret (its note in the state commit and the journal);
+    a failing evaluation that traces a secret nixgitops had not seen; an update without the identity it needs; a
+    member that happens to be named `sensitive`."""
+    checkout, secret_file, secret = world
+    key = ["--identity", str(tmp_path / "identity.txt"), "--allow-path", str(secret_file)]
+    checkout.ok("apply", "--yes", *key)
+    # the process dies just before the request of a failing update goes out; recovery repeats it, and it fails
+    checkout.deploy(deployment(tmp_path, secret_file, fail=True))
+    env = {**os.environ, "NIXGITOPS_FAILPOINT": "provider-request"}
+    argv = [sys.executable, "-m", "controller", "apply", "--yes", *key]
+    subprocess.run(argv, cwd=checkout.path, capture_output=True, timeout=120, env=env, check=False)
+    recovered = checkout.run("apply", "--yes", *key)
+    assert "could not be settled" in recovered.stdout + recovered.stderr or recovered.returncode != 0
+    assert secret not in recovered.stdout + recovered.stderr
+    assert secret not in everything_in(checkout.path) and secret not in "\n".join(checkout.state_log())
+
+    # a new secret traced by an evaluation that then fails: never seen in an answer, still redacted
+    checkout.deploy(deployment(tmp_path, secret_file))
+    checkout.run("state", "rm", "db")  # (what the failed update left unsettled, forgotten)
+    fresh = secret + "-never-seen"
+    secret_file.write_text(fresh)
+    broken = deployment(tmp_path, secret_file).replace('"hello"', 'builtins.abort "broken"')  # (after db, uncaught)
+    checkout.deploy(broken)
+    failed = checkout.run("plan", *key)
+    assert failed.returncode == 1 and "debug: the admin password is (sensitive)" in failed.stderr, failed.stderr
+    assert fresh not in failed.stdout + failed.stderr
+
+    # an update that must send a sealed value of the last apply, without the identity to open it: a clear error
+    checkout.deploy(deployment(tmp_path, secret_file))
+    checkout.ok("apply", "--yes", *key)
+    secret_file.write_text(fresh + "-2")
+    checkout.commit("again")
+    update = checkout.run("apply", "--yes", "--allow-path", str(secret_file))
+    assert update.returncode == 1 and "Traceback" not in update.stderr
+    assert "no identity was given" in update.stdout + update.stderr
+
+    # a member named `sensitive` is an ordinary member (its taint is not the mark)
+    (tmp_path / "plain").mkdir()
+    plain = Checkout(tmp_path / "plain")
+    git(plain.path, "init", "-q", "-b", "main")
+    plain.deploy(
+        "{ members, providers, ... }: {\n"
+        '  members.sensitive = { type = providers.local.memo; inputs.initialize_with = "shown"; };\n'
+        "  members.b = { type = providers.local.memo;"
+        ' inputs.initialize_with = "b-${members.sensitive.outputs.value}"; };\n'
+        "}\n"
+    )
+    plain.ok("apply", "--yes")
+    assert plain.ok("plan").stdout.startswith("No changes.")
+    assert json.loads(plain.ok("state", "show", "b").stdout)["inputs"]["initialize_with"] == "b-shown"
+
+
+def test_digests_made_elsewhere_are_refused_until_the_key_is_here_or_reset(
+    tmp_path: Path, world: tuple[Checkout, Path, str]
+) -> None:
+    checkout, secret_file, _ = world
+    (checkout.path / ".nixgitops" / "recipients").unlink()
+    allow = ["--allow-path", str(secret_file)]
+    checkout.deploy(deployment(tmp_path, secret_file).replace("password=${members.db.outputs.password}", "static"))
+    checkout.ok("apply", "--yes", *allow)
+    key_file = checkout.path / ".git" / "nixgitops" / "default.digest-key"
+    kept = key_file.read_bytes()
+    key_file.unlink()  # (another machine: a clone with no key)
+    refused = checkout.run("plan", *allow)
+    assert_clean_error(
+        refused, "digested with a key this machine does not have", "default.digest-key", "--reset-digests"
+    )
+    key_file.write_bytes(kept)  # the key copied over: it plans
+    assert checkout.ok("plan", *allow).stdout.startswith("No changes.")
+    key_file.unlink()
+    reset = checkout.ok("state", "rekey", "--reset-digests", *allow)
+    assert "the next apply sends them again" in reset.stdout
+    assert "~ admin = (sensitive) -> (sensitive)" in checkout.ok("plan", *allow).stdout
+    checkout.ok("apply", "--yes", *allow)
+    assert checkout.ok("plan", *allow).stdout.startswith("No changes.")
+    # recipients added later: values kept as digests only stay so, and rekey says nothing is lost
+    identity(tmp_path / "later.txt")
+    public = identity(tmp_path / "later.txt")
+    (checkout.path / ".nixgitops" / "recipients").write_text(public + "\n")
+    checkout.ok("state", "rekey", "--identity", str(tmp_path / "later.txt"), *allow)

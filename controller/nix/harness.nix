@@ -40,7 +40,10 @@ let
   # back to nix-instantiate (controller/nix_repl.py).
   sensitive = import ./sensitive.nix;
   # (recognised by its name, so that checking a string never forces the file: a dummy:// store cannot make it)
-  isMarkerKey = k: builtins.substring (builtins.stringLength k - 20) 20 k == "-nixgitops-sensitive";
+  # (and is not the taint of a member named `sensitive`, ...-nixgitops-sensitive too)
+  isMarkerKey = k:
+    builtins.substring (builtins.stringLength k - 20) 20 k == "-nixgitops-sensitive"
+    && builtins.substring 0 tagLength k != tagPrefix;
   isSensitiveString = v: builtins.hasContext v && builtins.any isMarkerKey (builtins.attrNames (builtins.getContext v));
   # A known output from Python: { __nixgitopsSensitive = v; } is sensitive; { __nixgitopsWithheld = why; } is one
   # whose value nixgitops does not have here, and reading it fails with why.

@@ -5,10 +5,15 @@
 # The mark is the string context of a small store file named `nixgitops-sensitive`: it survives interpolation and
 # every string operation, as a store path's context does. builtins.toFile computes the file's path without writing
 # it in --readonly-mode (and writes these few bytes otherwise). nixgitops recognises the mark by that name alone.
+#
+# Each marked string is also announced on stderr (`trace: nixgitops:sensitive "<value as JSON>"`) the first time it is
+# forced: nixgitops reads those lines and never shows them, so that it can redact the value from anything else Nix
+# prints, even from the error of an evaluation that fails before it returns the value (a user's builtins.trace).
 let
   marker = builtins.toFile "nixgitops-sensitive" "nixgitops marks sensitive values with this file's context";
+  announce = s: builtins.trace ("nixgitops:sensitive " + builtins.toJSON (builtins.unsafeDiscardStringContext s)) s;
   sensitive = v:
-    if builtins.isString v then v + builtins.substring 0 0 marker
+    if builtins.isString v then announce v + builtins.substring 0 0 marker
     else if builtins.isAttrs v && (v ? __nixgitopsSensitive || v ? outPath || v ? __toString) then
       (if v ? __nixgitopsSensitive then v else sensitive (toString v))
     else if builtins.isAttrs v then builtins.mapAttrs (_: sensitive) v
