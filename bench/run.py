@@ -449,12 +449,19 @@ def builds(table: Table, tmp: Path, *, n: int) -> None:
         table.add(Row(f"7 apply, all create: flake, {what}", label, f"{applied.seconds:.2f} s", floor))
 
 
-def sensitive_deployment(n: int, out: Path, *, marked: bool) -> str:
-    """``n`` local.file resources whose contents are a value of their own, marked sensitive or not."""
+def sensitive_deployment(n: int, out: Path, *, marked: bool, chained: bool = False) -> str:
+    """``n`` local.file resources whose contents are a value of their own, marked sensitive or not; chained: local.memo
+    resources each holding its value and part of the previous one's output (every output is then sensitive too)."""
     out.mkdir(parents=True, exist_ok=True)
     lines = ["{ members, providers, sensitive, ... }:", "{"]
     for i in range(n):
         value = f'sensitive "secret-{i}-4f2a9c"' if marked else f'"secret-{i}-4f2a9c"'
+        if chained:
+            previous = f' + "," + builtins.substring 0 40 members.r{i - 1}.outputs.value' if i else ""
+            lines.append(
+                f"  members.r{i} = {{ type = providers.local.memo; inputs.initialize_with = {value}{previous}; }};"
+            )
+            continue
         lines.append(
             f"  members.r{i} = {{ type = providers.local.file;"
             f' inputs = {{ name = "{out}/r{i}"; contents = {value}; }}; }};'
@@ -464,7 +471,8 @@ def sensitive_deployment(n: int, out: Path, *, marked: bool) -> str:
 
 
 def encryption(table: Table, tmp: Path, *, n: int) -> None:
-    """Scenario 9: sealing sensitive values, at apply and at a no-change plan."""
+    """Scenario 9: sealing sensitive values, at apply and at a no-change plan; and a chain of sensitive resources,
+    whose every evaluation pass reads (decrypts) the outputs before it."""
     import pyrage
 
     key = pyrage.x25519.Identity.generate()
@@ -472,18 +480,22 @@ def encryption(table: Table, tmp: Path, *, n: int) -> None:
     identity.write_text(f"{key}\n")
     ssh = tmp / "bench-ssh"
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh))
+    age, both = [str(key.to_public())], [str(key.to_public()), ssh.with_suffix(".pub").read_text().strip()]
     variants = {
-        "plain (no sensitive)": (False, []),
-        "sensitive, no recipients": (True, []),
-        "sensitive, 1 age recipient": (True, [str(key.to_public())]),
-        "sensitive, age + SSH recipients": (True, [str(key.to_public()), ssh.with_suffix(".pub").read_text().strip()]),
+        "plain (no sensitive)": (False, [], False),
+        "sensitive, no recipients": (True, [], False),
+        "sensitive, 1 age recipient": (True, age, False),
+        "sensitive, age + SSH recipients": (True, both, False),
+        "chained, plain": (False, [], True),
+        "chained, sensitive, 1 age recipient": (True, age, True),
     }
     base: tuple[float, float] | None = None
-    for what, (marked, recipients) in variants.items():
-        repo = tmp / f"secrets-{len(recipients)}-{marked}"
-        files = {
-            "deployment.nix": sensitive_deployment(n, tmp / f"out-secrets-{len(recipients)}-{marked}", marked=marked)
-        }
+    for what, (marked, recipients, chained) in variants.items():
+        if what == "chained, plain":
+            base = None  # (the chain against the plain chain)
+        name = f"secrets-{len(recipients)}-{marked}-{chained}"
+        repo = tmp / name
+        files = {"deployment.nix": sensitive_deployment(n, tmp / f"out-{name}", marked=marked, chained=chained)}
         if recipients:
             files[".nixgitops/recipients"] = "\n".join(recipients) + "\n"
             (repo / ".nixgitops").mkdir(parents=True)
@@ -496,15 +508,8 @@ def encryption(table: Table, tmp: Path, *, n: int) -> None:
         if base is None:
             base = (applied, plan)
         label = f"{n:,}"
-        table.add(
-            Row(
-                f"9 apply, all create: {what}",
-                label,
-                f"{applied:.2f} s",
-                f"{base[0]:.2f} s",
-                f"{applied / base[0]:.2f}",
-            )
-        )
+        ratio = f"{applied / base[0]:.2f}"
+        table.add(Row(f"9 apply, all create: {what}", label, f"{applied:.2f} s", f"{base[0]:.2f} s", ratio))
         table.add(
             Row(f"9 plan, no change: {what}", label, f"{plan:.3f} s", f"{base[1]:.3f} s", f"{plan / base[1]:.2f}")
         )
