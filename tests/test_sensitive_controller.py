@@ -18,13 +18,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import test_previews as previews
+import test_sensitive_leaks as leaks
 from conftest import git, wait_until
 from fakeforge import FakeGitHub
 from gitserver import Developer, GitServer, free_port
 from test_previews import pull_request_event, send, states
 from test_sensitive_leaks import made
-
-VAULT = Path(__file__).parent / "providers" / "vault.py"
 
 DEPLOYMENT = """{ members, providers, sensitive, ... }: {
   providers.vault = {
@@ -45,13 +45,7 @@ DEPLOYMENT = """{ members, providers, sensitive, ... }: {
 
 
 def deployment(tmp_path: Path, secret_file: Path, *, fail: bool = False) -> str:
-    return (
-        DEPLOYMENT.replace("SECRET_FILE", str(secret_file))
-        .replace("PYTHON", sys.executable)
-        .replace("VAULT", str(VAULT))
-        .replace("LOG", str(tmp_path / "vault.log"))
-        .replace("FAIL", "true" if fail else "false")
-    )
+    return leaks.deployment(tmp_path, secret_file, fail=fail, template=DEPLOYMENT)
 
 
 def ssh_key(path: Path) -> str:
@@ -60,18 +54,11 @@ def ssh_key(path: Path) -> str:
 
 
 def configure(tmp_path: Path, url: str, forge: FakeGitHub, port: int, encryption: str) -> Path:
-    token, hook = tmp_path / "forge-token", tmp_path / "hook-secret"
-    token.write_text(forge.token + "\n")
-    hook.write_text("hook-secret\n")
-    config = tmp_path / "nixgitops.toml"
-    config.write_text(
-        f'[controller]\ndata_dir = "{tmp_path / "data"}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
-        f'[forges.gh]\nkind = "github"\napi_url = "{forge.url}"\ntoken_file = "{token}"\n'
-        f'[receivers.hub]\nkind = "github"\nsecret_file = "{hook}"\ndeployments = ["web"]\n'
-        f'[deployments.web]\nrepository = "{url}"\ninterval = "1h"\ndrift_interval = "1s"\nforge = "gh"\n'
-        f'previews = true\nallowed_paths = ["{tmp_path / "secrets"}"]\n'
-        f"[deployments.web.encryption]\n{encryption}"
-    )
+    """The configuration of tests/test_previews.py, with drift checks, the secrets' directory allowed and
+    ``encryption``."""
+    extra = f'allowed_paths = ["{tmp_path / "secrets"}"]\n[deployments.web.encryption]\n{encryption}'
+    config = previews.configure(tmp_path, url, forge, port, extra)
+    config.write_text(config.read_text().replace('drift_interval = "off"', 'drift_interval = "1s"'))
     return config
 
 

@@ -48,9 +48,10 @@ def made(admin: str) -> str:
     return "pw-" + hashlib.sha256(admin.encode()).hexdigest()[:16]
 
 
-def deployment(tmp_path: Path, secret_file: Path, *, fail: bool = False) -> str:
+def deployment(tmp_path: Path, secret_file: Path, *, fail: bool = False, template: str = DEPLOYMENT) -> str:
+    """``template`` with the secret file, the vault provider (its log in tmp_path) and ``fail`` filled in."""
     return (
-        DEPLOYMENT.replace("SECRET_FILE", str(secret_file))
+        template.replace("SECRET_FILE", str(secret_file))
         .replace("PYTHON", sys.executable)
         .replace("VAULT", str(VAULT))
         .replace("LOG", str(tmp_path / "vault.log"))
