@@ -354,3 +354,11 @@ def test_digests_made_elsewhere_are_refused_until_the_key_is_here_or_reset(
     public = identity(tmp_path / "later.txt")
     (checkout.path / ".nixgitops" / "recipients").write_text(public + "\n")
     checkout.ok("state", "rekey", "--identity", str(tmp_path / "later.txt"), *allow)
+
+
+def test_a_recipients_file_without_a_key_is_refused(tmp_path: Path, world: tuple[Checkout, Path, str]) -> None:
+    checkout, secret_file, _ = world
+    (checkout.path / ".nixgitops" / "recipients").write_text("# nobody yet\n")
+    refused = checkout.run("apply", "--yes", "--allow-path", str(secret_file))
+    assert_clean_error(refused, "Encryption is enforced", ".nixgitops/recipients", "lists no recipients")
+    assert not (tmp_path / "vault.log").exists(), "the provider was called"
