@@ -333,8 +333,8 @@ class Engine:
         repo = open_repository(entry_file.parent if entry_file.parent.exists() else settings.directory)
         recipients = Path(repo.workdir or settings.directory) / RECIPIENTS_FILE
         if not settings.encryption.recipients and recipients.is_file():  # (a file there asks for encryption: enforced)
-            found = read_recipients_file(recipients)
-            encryption = replace(settings.encryption, recipients=found, where=str(recipients), enforced=True)
+            listed = read_recipients_file(recipients)
+            encryption = replace(settings.encryption, recipients=listed, where=str(recipients), enforced=True)
             settings = replace(settings, encryption=encryption)
         return cls(
             settings,
