@@ -270,6 +270,11 @@ class Sealer:
         if not isinstance(value, Sensitive):
             raise TypeError(f"{type(value).__name__} is not JSON")
         entry: dict[str, Any] = {"digest": value.digest}
+        if value.sealed is not None and not self.encrypting:
+            # as stored: a reader without recipients (a checkout without .nixgitops/recipients, writing its cache or
+            # a record it did not change) keeps the ciphertext, it does not drop it
+            entry.update(age=value.sealed, to=value.to)
+            return {SEALED_KEY: entry}
         if not self.encrypting:
             if self.encryption.enforced:
                 raise SecretsError(f"Encryption is enforced, but {self.encryption.where} lists no recipients.")

@@ -33,6 +33,8 @@ port=$(free_port)
 forge_port=$(free_port)
 python=$(dirname "$nixgitops")/python
 echo "demo-token" >"$work/forge-token"
+age-keygen -o "$work/age-identity.txt" 2>/dev/null   # the key sensitive values are encrypted to in state
+recipient=$(grep -o 'age1[0-9a-z]*' "$work/age-identity.txt")
 echo "demo-webhook-secret" >"$work/hook-secret"
 "$python" "$here/fake_github.py" "$forge_port" org/infra "$work/forge-token" >"$work/fake-github.log" 2>&1 &
 fake=$!
@@ -61,6 +63,11 @@ interval = "1s"
 nix_options = { substituters = "" }
 forge = "gh"
 previews = true
+
+[deployments.hello.encryption]       # sensitive values, encrypted on the state branch (docs/secrets.md)
+recipients = ["$recipient"]
+identity_file = "$work/age-identity.txt"
+enforced = true
 TOML
 step "The controller's configuration"
 cat "$work/nixgitops.toml"
@@ -76,6 +83,12 @@ echo "--- $work/data/work/hello/motd.txt:"; cat "$work/data/work/hello/motd.txt"
 echo "--- the Nix-built banner's output, from the state branch:"
 git_ fetch -q origin nixgitops/state:nixgitops/state
 "$nixgitops" state show banner --deployment hello | grep -E '"(stdout|executable)"|/nix/store/'
+echo "--- a sensitive input: masked by every command, sealed on the state branch (its blob, shortened):"
+"$nixgitops" state show apiToken --deployment hello | grep '"contents"'
+git show "nixgitops/state:hello/resources/$(printf apiToken | sha1sum | cut -c1-2)/apiToken.json" \
+  | grep -E '"(digest|age)"' | cut -c1-100
+echo "--- and in clear only with --show-sensitive and a key that can decrypt it:"
+"$nixgitops" state show apiToken --deployment hello --show-sensitive --identity "$work/age-identity.txt" | grep '"contents"'
 git_ branch -q -D nixgitops/state
 
 step "A second commit, pushed"

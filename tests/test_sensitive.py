@@ -151,3 +151,14 @@ def test_short_values_are_masked_but_not_searched_for() -> None:
     sensitive.remember("on")
     assert redact("turn it on") == "turn it on"
     assert json.dumps(sensitive.masked({"flag": Sensitive("on", digest="d")})) == '{"flag": "(sensitive)"}'
+
+
+def test_a_reader_without_recipients_keeps_the_ciphertext(tmp_path: Path) -> None:
+    """A checkout without .nixgitops/recipients reads state sealed by the controller: its cache, and the records it
+    writes again unchanged, keep the ciphertext (found by make demo: `state show` then `--show-sensitive`)."""
+    writer = sealer(tmp_path)
+    stored = json.loads(json.dumps(writer.wrap("kept-secret"), default=writer.store))
+    reader = Sealer(Encryption(identity_files=writer.encryption.identity_files), key_file=tmp_path / "digest-key")
+    again = json.loads(json.dumps(reader.revive(stored), default=reader.store))
+    assert again == stored
+    assert reader.revive(again).reveal() == "kept-secret"

@@ -1,6 +1,6 @@
 # The bundled example: a few local resources that read each other's outputs.
 # Try it with `make demo`, or in a Git checkout of this directory with `nixgitops plan` / `nixgitops apply`.
-{ members, providers, ... }:
+{ members, providers, sensitive, ... }:
 let
   # A program built by Nix from this file: nixgitops builds it (nix-store --realise) before the resource that runs
   # it, and keeps it alive with a garbage-collector root while the state refers to it.
@@ -37,6 +37,14 @@ in
       name = "motd.txt";
       contents = members.greeting.outputs.stdout;
     };
+  };
+
+  # A secret: `(sensitive)` in every plan, log and pull-request comment, and encrypted in state to the age key of
+  # the controller's configuration (docs/secrets.md). In real use, read it from a file outside Git, such as
+  # `sensitive (builtins.readFile /run/secrets/api-token)`: a value written here is in the repository's history.
+  members.apiToken = {
+    type = providers.local.file;
+    inputs = { name = "api-token.txt"; contents = sensitive "demo-token-not-a-real-secret"; };
   };
 
   # A memo keeps the first value it was given, across later changes of its input.
