@@ -531,6 +531,8 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         if unresolved(read_entries(journal_path)):
             raise UserError("An interrupted run is not settled yet: apply (or reconcile) first, then rekey.")
         state = store.load()
+        if not args.reset_digests:  # (the digest key sealed below must be the one that digested the values)
+            sealer.check_digests()
         upserts = {}
         for path, record in sorted(state.items()):
             if contains(dict(record.inputs)) or contains(dict(record.outputs)):
@@ -539,7 +541,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
                 outputs = sealer.rekey(dict(record.outputs), reset=reset)
                 upserts[path] = replace(record, inputs=inputs, outputs=outputs)
         sealer.digest_key()
-        meta = {k: v for k, v in store.load_meta().items() if k != "digestKey"}
+        meta = dict(store.load_meta())
         if (sealed_key := sealer.meta_entry()) is not None:
             meta["digestKey"] = sealed_key
         count = len(sealer.encryption.recipients)
@@ -549,7 +551,10 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         print(json.dumps({"deployment": store.deployment, "commit": commit, "rekeyed": sorted(upserts)}, indent=2))
         return 0
     if args.reset_digests:
-        print(f"Reset the digests made elsewhere in {len(upserts)} resource(s): the next apply sends them again.")
+        print(
+            f"Reset {sealer.resets} digest(s) made with another key: those this machine could decrypt are digested"
+            " again, the next apply sends the others again."
+        )
     if sealer.encrypting:
         print(f"Rekeyed {len(upserts)} resource(s) to {count} recipient(s).")
     print(f"State: commit {(commit or 'none')[:12]} on {store.branch} (no provider was called)")

@@ -48,13 +48,14 @@ from typing import IO, Any
 from controller.errors import EvaluationError
 from controller.model import KnownOutputs
 from controller.processes import KEPT_LIMIT, TAIL_LINES, BoundedLines, read_lines, spawn
-from controller.sensitive import harness_default
+from controller.sensitive import harness_default, redact, remember
 
 INITIAL_HEAP = 32 * 1024 * 1024
 MAX_LINES = TAIL_LINES  # lines of one answer kept besides the markers: the last; the others are dropped
 MARK = "trace: nixgitops:"  # how the harness's markers start: always kept
 RESULT = f"{MARK}result "
 END = f"{MARK}end "
+ANNOUNCED = f"{MARK}sensitive "  # a value controller/nix/sensitive.nix marked (see evaluation.parse_traces)
 QUEUE = 256  # lines read ahead of the request's reader, at most
 
 
@@ -176,7 +177,12 @@ class NixRepl:
                 continue  # the deadline has passed: stopped above
             if line is None:
                 self.close(kill=True)
-                last = [x for x in printed.lines() if x.strip()][-5:]
+                lines = printed.lines()
+                for x in lines:  # (what sensitive.nix announced: redacted from what is said, never said itself)
+                    if x.startswith(ANNOUNCED):
+                        with contextlib.suppress(ValueError):
+                            remember(json.loads(x[len(ANNOUNCED) :]))
+                last = [redact(x) for x in lines if x.strip() and not x.startswith(MARK)][-5:]
                 raise ReplUnavailable("`nix repl` exited" + (": " + " / ".join(last) if last else ""))
             if line == end:
                 return result, printed.lines()

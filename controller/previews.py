@@ -87,6 +87,19 @@ def first_line(error: BaseException | str) -> str:
     return (text[0] if text else "failed")[:FIRST_LINE]
 
 
+_FREE_TEXT = ("plan", "message", "summary", "outcome", "baseNote")
+
+
+def _redacted(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The book with its free text redacted (a plan's error may quote a value); heads, digests and commits as they
+    are, so that redaction can never change what they name."""
+    pulls = {
+        number: {k: redact_value(v) if k in _FREE_TEXT else v for k, v in entry.items()}
+        for number, entry in (data.get("pulls") or {}).items()
+    }
+    return {**data, "pulls": pulls}
+
+
 class Book:
     """What the data directory keeps of one deployment's previews: per pull request its last head, digest, plan
     text and comment; and the commits an operator approved. Written atomically; a restart loses nothing."""
@@ -106,7 +119,7 @@ class Book:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=".previews-")
         with os.fdopen(handle, "w") as out:
-            json.dump(redact_value(data), out, indent=2, sort_keys=True)  # (a plan's error may quote a value)
+            json.dump(_redacted(data), out, indent=2, sort_keys=True)
             out.flush()
             os.fsync(out.fileno())
         os.replace(name, self.path)

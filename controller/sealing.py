@@ -144,6 +144,8 @@ class Sealer:
     _identities: list[Any] | None = field(default=None, init=False)
     _reuse: dict[str, tuple[str, str]] = field(default_factory=dict, init=False)
     seen_key_ids: set[str] = field(default_factory=set, init=False)
+    resets: int = field(default=0, init=False)
+    """How many digests ``rekey(reset=True)`` replaced."""
     """The digest keys (by id) of the sealed values read so far (``check_digests``)."""
 
     # -- keys ------------------------------------------------------------------------------------------------
@@ -173,19 +175,25 @@ class Sealer:
         return self._identities
 
     def digest_key(self) -> bytes:
-        """The deployment's digest key: the one the state branch keeps sealed when there is one (decrypted with an
-        identity, once, then kept locally), else the local one, else a new one."""
+        """The deployment's digest key. Of the local key and the one the state branch keeps sealed (decrypted with an
+        identity when needed), the one that digested the values in state (``seen_key_ids``; load state first);
+        else the sealed one (shared by every key holder), else the local one, else a new one. A local key is never
+        overwritten: one that is replaced is kept beside it as ``<key file>.<key id>``."""
         if self._key is not None:
             return self._key
         local: bytes | None = None
         with contextlib.suppress(OSError):
             local = self.key_file.read_bytes()
         if local is not None and len(local) != 32:
-            local = None
+            raise SecretsError(
+                f"{self.key_file} is not a digest key (32 bytes). Restore it from the machine that applied this"
+                " deployment, or remove it and run `nixgitops state rekey --reset-digests`."
+            )
         stored = self.meta().get("digestKey")
-        if isinstance(stored, Mapping) and isinstance(stored.get("age"), str):
-            if local is not None and key_id(local) == stored.get("id"):
-                self._key = local
+        if isinstance(stored, Mapping) and isinstance(stored.get("age"), str) and stored.get("id"):
+            used = self.seen_key_ids
+            if local is not None and (key_id(local) == stored["id"] or key_id(local) in used - {stored["id"]}):
+                self._key = local  # (it digested what state holds: the stored copy is healed at the next commit)
                 return local
             try:
                 key = base64.b64decode(self._open_bytes(stored["age"], "the deployment's digest key"))
@@ -195,6 +203,10 @@ class Sealer:
                     " encrypted, and this machine has no copy of it: give an identity to decrypt it"
                     f" ({self.encryption.identity_hint})."
                 ) from None
+            if local is not None:  # (kept, not lost: it may be the one some other state was digested with)
+                backup = self.key_file.with_name(f"{self.key_file.name}.{key_id(local)}")
+                with contextlib.suppress(FileExistsError):
+                    os.link(self.key_file, backup)
             return self._save_key(key, replace=True)
         if local is not None:
             self._key = local
@@ -204,17 +216,25 @@ class Sealer:
     def check_digests(self) -> None:
         """Refuse to plan against sensitive values digested with another key than this machine's: they would all
         look changed, and two machines would update them back and forth. Call after loading state."""
-        if not self.seen_key_ids:
+        seen = self.seen_key_ids - {"?"}
+        if not seen:
             return
         mine = key_id(self.digest_key())
-        foreign = sorted(self.seen_key_ids - {mine})
+        foreign = sorted(seen - {mine})
         if foreign:
+            shared = isinstance(self.meta().get("digestKey"), Mapping)
+            where = (
+                "the key the state branch keeps for key holders is another one too"
+                if shared
+                else "configure recipients, which keeps the key on the state branch for every key holder"
+            )
             raise SecretsError(
                 f"The sensitive values in state were digested with a key this machine does not have (key"
                 f" {', '.join(foreign)}; here: {mine}), so nixgitops cannot tell whether they changed. Copy"
                 f" {self.key_file.name} from the machine (or the controller's data directory) that applied them to"
-                f" {self.key_file}, or configure recipients, which keeps the key on the state branch for every key"
-                " holder. To send every such value again instead, run `nixgitops state rekey --reset-digests`."
+                f" {self.key_file} ({where}). To digest them again with this machine's key instead, run `nixgitops"
+                " state rekey --reset-digests`: what it can decrypt is digested again, the rest is sent again by the"
+                " next apply."
             )
 
     def _save_key(self, key: bytes, *, replace: bool = False) -> bytes:
@@ -235,6 +255,8 @@ class Sealer:
                     os.link(tmp, self.key_file)
                 except FileExistsError:
                     key = self.key_file.read_bytes()
+                    if len(key) != 32:
+                        raise SecretsError(f"{self.key_file} is not a digest key (32 bytes); remove it.") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -339,8 +361,12 @@ class Sealer:
         if isinstance(value, Sensitive):
             mine = key_id(self.digest_key())
             digest = value.digest
-            if reset and digest.count(":") == 2 and digest.split(":")[1] != mine:
-                digest = f"hmac-sha256:{mine}:reset"
+            if reset and digest.split(":")[1:2] != [mine]:
+                try:  # what can be decrypted is digested again; the rest matches no value (sent again)
+                    digest = self.digest(value.reveal())
+                except (Unavailable, SecretsError):
+                    digest = f"hmac-sha256:{mine}:reset"
+                self.resets += 1
             if not self.encrypting or (value.sealed is None and not value.has_value):
                 return Sensitive(digest=digest, sealed=value.sealed, to=value.to, opener=self.open)
             plain = value.reveal()

@@ -162,3 +162,33 @@ def test_a_reader_without_recipients_keeps_the_ciphertext(tmp_path: Path) -> Non
     again = json.loads(json.dumps(reader.revive(stored), default=reader.store))
     assert again == stored
     assert reader.revive(again).reveal() == "kept-secret"
+
+
+def test_the_digest_key_is_the_one_that_digested_state_and_heals_the_shared_copy(tmp_path: Path) -> None:
+    """Machine A digested state with its key; another machine sealed a different key into deployment.json (a rekey
+    without A's key). A keeps using its own key (the one state was digested with) and writes the shared copy
+    again; its old local key is never lost."""
+    seal_a = sealer(tmp_path)
+    stored = json.loads(json.dumps(seal_a.wrap("v-secret"), default=seal_a.store))
+    other = Sealer(seal_a.encryption, key_file=tmp_path / "other-key")
+    other.digest_key()
+    wrong = other.meta_entry()
+    assert wrong is not None
+    reader = Sealer(seal_a.encryption, key_file=tmp_path / "digest-key", meta=lambda: {"digestKey": wrong})
+    reader.revive(stored)
+    reader.check_digests()  # (no refusal: the local key digested what state holds)
+    assert reader.digest_key() == (tmp_path / "digest-key").read_bytes()
+    healed = reader.meta_entry()
+    assert healed is not None and healed["id"] != wrong["id"]
+    # a machine with only the wrong shared key refuses, and says why
+    stranger = Sealer(seal_a.encryption, key_file=tmp_path / "fresh-key", meta=lambda: {"digestKey": wrong})
+    stranger.revive(stored)
+    with pytest.raises(SecretsError, match="digested with a key this machine does not have"):
+        stranger.check_digests()
+    assert not (tmp_path / "digest-key").with_name("digest-key.tmp").exists()
+
+
+def test_a_digest_key_file_that_is_not_a_key_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "digest-key").write_bytes(b"")
+    with pytest.raises(SecretsError, match="not a digest key"):
+        Sealer(Encryption(), key_file=tmp_path / "digest-key").wrap("value")

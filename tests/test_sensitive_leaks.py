@@ -310,6 +310,19 @@ def test_what_review_found_stays_fixed(tmp_path: Path, world: tuple[Checkout, Pa
     assert update.returncode == 1 and "Traceback" not in update.stderr
     assert "no identity was given" in update.stdout + update.stderr
 
+    # a number made sensitive is masked where it is, and its digits stay in other text
+    (tmp_path / "numbers").mkdir()
+    numbers = Checkout(tmp_path / "numbers")
+    git(numbers.path, "init", "-q", "-b", "main")
+    numbers.deploy(
+        "{ members, providers, sensitive, ... }: {\n"
+        '  members.db = { type = providers.local.memo; inputs.initialize_with = "db:${sensitive 5432}"; };\n'
+        '  members.build = { type = providers.local.memo; inputs.initialize_with = "build 2025432"; };\n'
+        "}\n"
+    )
+    shown = numbers.ok("plan").stdout
+    assert '"build 2025432"' in shown and "+ initialize_with = (sensitive)" in shown, shown
+
     # a member named `sensitive` is an ordinary member (its taint is not the mark)
     (tmp_path / "plain").mkdir()
     plain = Checkout(tmp_path / "plain")
@@ -337,6 +350,11 @@ def test_digests_made_elsewhere_are_refused_until_the_key_is_here_or_reset(
     key_file = checkout.path / ".git" / "nixgitops" / "default.digest-key"
     kept = key_file.read_bytes()
     key_file.unlink()  # (another machine: a clone with no key)
+    recipients = checkout.path / ".nixgitops" / "recipients"
+    recipients.write_text(identity(tmp_path / "b.txt") + "\n")  # it must not seal its own key as the shared one
+    assert_clean_error(checkout.run("state", "rekey", "--identity", str(tmp_path / "b.txt"), *allow), "digested with")
+    recipients.unlink()
+    key_file.unlink()
     refused = checkout.run("plan", *allow)
     assert_clean_error(
         refused, "digested with a key this machine does not have", "default.digest-key", "--reset-digests"
@@ -345,7 +363,7 @@ def test_digests_made_elsewhere_are_refused_until_the_key_is_here_or_reset(
     assert checkout.ok("plan", *allow).stdout.startswith("No changes.")
     key_file.unlink()
     reset = checkout.ok("state", "rekey", "--reset-digests", *allow)
-    assert "the next apply sends them again" in reset.stdout
+    assert "Reset 3 digest(s)" in reset.stdout and "the next apply sends the others again" in reset.stdout
     assert "~ admin = (sensitive) -> (sensitive)" in checkout.ok("plan", *allow).stdout
     checkout.ok("apply", "--yes", *allow)
     assert checkout.ok("plan", *allow).stdout.startswith("No changes.")

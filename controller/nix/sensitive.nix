@@ -12,13 +12,15 @@
 let
   marker = builtins.toFile "nixgitops-sensitive" "nixgitops marks sensitive values with this file's context";
   announce = s: builtins.trace ("nixgitops:sensitive " + builtins.toJSON (builtins.unsafeDiscardStringContext s)) s;
+  mark = s: s + builtins.substring 0 0 marker;
   sensitive = v:
-    if builtins.isString v then announce v + builtins.substring 0 0 marker
+    if builtins.isString v then mark (announce v)
     else if builtins.isAttrs v && (v ? __nixgitopsSensitive || v ? outPath || v ? __toString) then
       (if v ? __nixgitopsSensitive then v else sensitive (toString v))
     else if builtins.isAttrs v then builtins.mapAttrs (_: sensitive) v
     else if builtins.isList v then map sensitive v
     else if builtins.isFunction v then throw "nixgitops: `sensitive` marks data (strings, numbers, lists, attribute sets), not a function"
-    else { __nixgitopsSensitive = v; __toString = self: sensitive (toString v); };
+    # (a number or boolean made a string is marked, not announced: its digits are not searched for in free text)
+    else { __nixgitopsSensitive = v; __toString = self: mark (toString v); };
 in
 sensitive
