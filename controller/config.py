@@ -71,6 +71,9 @@ class DeploymentConfig:
     previews_from_forks: bool = False
     """Also plan pull requests whose head is in another repository (runs their author's Nix code)."""
     require_reviewed_plan: bool = False
+    previews_decrypt: bool = False
+    """Let previews of pull requests decrypt the sensitive outputs their inputs read (a pull request's code could
+    transform one into its plan): off, a preview that must read one fails, saying so."""
     encryption: Encryption = field(default_factory=Encryption)
     """``[deployments.NAME.encryption]``: the age recipients sensitive values are encrypted to in state, the
     identity files that decrypt them, and whether a run without recipients is refused (docs/secrets.md)."""
@@ -369,6 +372,7 @@ KEYS = {
     "nix_options",
     "build_timeout",
     "encryption",
+    "previews_decrypt",
 }
 
 
@@ -514,6 +518,7 @@ def _deployment(name: str, table: Any, path: Path, where: Any) -> DeploymentConf
         previews_from_forks=flag("previews_from_forks", False),
         require_reviewed_plan=flag("require_reviewed_plan", False),
         encryption=encryption,
+        previews_decrypt=flag("previews_decrypt", False),
     )
 
 

@@ -357,7 +357,7 @@ class Previews:
                 )
         checkout = self.work / str(pr.number)
         source.materialise(pr.head_sha, checkout)
-        engine = r.engine(pr.head_sha, checkout, log=None, repo=Cache(self._state_dir).repo)
+        engine = r.engine(pr.head_sha, checkout, log=None, repo=Cache(self._state_dir).repo, preview=True)
         planned = engine.plan(allow_empty=d.allow_empty or not d.prune)
         return (planned.plan if d.prune else without_deletes(planned.plan)), note
 

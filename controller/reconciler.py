@@ -559,11 +559,22 @@ class Reconciler:
                 self._settled = (head, self._local(self._state_ref))
 
     def engine(
-        self, head: str, checkout: Path, *, log: Callable[[str], None] | None, repo: pygit2.Repository | None = None
+        self,
+        head: str,
+        checkout: Path,
+        *,
+        log: Callable[[str], None] | None,
+        repo: pygit2.Repository | None = None,
+        preview: bool = False,
     ) -> Engine:
         """The engine of this deployment at commit ``head``, whose files are in ``checkout`` (``repo``: the state
-        cache opened by the caller, for a thread of its own)."""
+        cache opened by the caller, for a thread of its own). ``preview``: a pull request's plan, which decrypts
+        no sensitive output unless ``previews_decrypt`` (its code is not reviewed yet: docs/secrets.md)."""
         d = self.deployment
+        encryption = d.encryption
+        if preview and not d.previews_decrypt:
+            hint = f"previews of {d.name!r} do not decrypt sensitive outputs unless previews_decrypt = true"
+            encryption = replace(encryption, identity_files=(), identity_hint=hint)
         return Engine(
             Settings(
                 directory=checkout,
@@ -577,7 +588,7 @@ class Reconciler:
                 nix=d.nix,
                 flake=f".#{d.flake}" if d.flake is not None else None,
                 member=d.member,
-                encryption=d.encryption,
+                encryption=encryption,
             ),
             repo=repo if repo is not None else self.state_cache.repo,
             entry_file=checkout / ("flake.nix" if d.flake is not None else d.file),

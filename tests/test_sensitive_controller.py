@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pygit2
 import test_previews as previews
 import test_sensitive_leaks as leaks
 from conftest import git, wait_until
@@ -56,7 +57,8 @@ def ssh_key(path: Path) -> str:
 def configure(tmp_path: Path, url: str, forge: FakeGitHub, port: int, encryption: str) -> Path:
     """The configuration of tests/test_previews.py, with drift checks, the secrets' directory allowed and
     ``encryption``."""
-    extra = f'allowed_paths = ["{tmp_path / "secrets"}"]\n[deployments.web.encryption]\n{encryption}'
+    extra = f'allowed_paths = ["{tmp_path / "secrets"}"]\npreviews_decrypt = true\n'
+    extra += f"[deployments.web.encryption]\n{encryption}"
     config = previews.configure(tmp_path, url, forge, port, extra)
     config.write_text(config.read_text().replace('drift_interval = "off"', 'drift_interval = "1s"'))
     return config
@@ -219,3 +221,31 @@ def test_enforced_encryption_without_recipients_calls_no_provider(tmp_path: Path
 
 def _location(path: str) -> str:
     return hashlib.sha1(path.encode()).hexdigest()[:2] + f"/{path}.json"
+
+
+def test_previews_decrypt_nothing_unless_allowed(tmp_path: Path, server: GitServer) -> None:
+    """A pull request's code is not reviewed yet: its preview gets no identity (a sensitive output it reads is
+    refused, saying how to allow it) unless previews_decrypt = true; an apply of the same deployment has one."""
+    from controller.config import load
+    from controller.reconciler import Reconciler
+
+    (tmp_path / "secrets").mkdir()
+    ssh_key(tmp_path / "ops_ed25519")
+    public = (tmp_path / "ops_ed25519.pub").read_text().strip()
+    encryption = f'recipients = ["{public}"]\nidentity_file = "{tmp_path / "ops_ed25519"}"\n'
+    with FakeGitHub(repository="org/infra") as forge:
+        path = configure(tmp_path, server.url("org/infra.git"), forge, free_port(), encryption)
+    allowing = path.read_text()
+    for allowed in (False, True):
+        path.write_text(allowing if allowed else allowing.replace("previews_decrypt = true\n", ""))
+        config = load(path)
+        reconciler = Reconciler(config, config.deployment("web"))
+        repo = pygit2.init_repository(str(tmp_path / f"state-{allowed}"), bare=True)
+        checkout = tmp_path / f"checkout-{allowed}"
+        checkout.mkdir()
+        preview = reconciler.engine("0" * 40, checkout, log=None, repo=repo, preview=True).sealer.encryption
+        applying = reconciler.engine("0" * 40, checkout, log=None, repo=repo).sealer.encryption
+        assert applying.identity_files == (tmp_path / "ops_ed25519",)
+        assert preview.identity_files == ((tmp_path / "ops_ed25519",) if allowed else ())
+        if not allowed:
+            assert "previews_decrypt = true" in preview.identity_hint
