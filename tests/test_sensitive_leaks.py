@@ -273,6 +273,15 @@ def test_a_nixops4_root_marks_values_through_its_module_system(tmp_path: Path, c
     assert "(2 unchanged inputs hidden)" in again and "(sensitive)" not in again, again
 
 
+def another_checkout(path: Path, members: str, *, arguments: str = "members, providers, sensitive") -> Checkout:
+    """A new checkout at ``path`` whose deployment declares ``members`` (Nix lines), committed."""
+    path.mkdir()
+    made_here = Checkout(path)
+    git(path, "init", "-q", "-b", "main")
+    made_here.deploy(f"{{ {arguments}, ... }}: {{\n{members}}}\n")
+    return made_here
+
+
 def test_what_review_found_stays_fixed(tmp_path: Path, world: tuple[Checkout, Path, str]) -> None:
     """A recovery whose repeated request fails quoting the secret (its note in the state commit and the journal);
     a failing evaluation that traces a secret nixgitops had not seen; an update without the identity it needs; a
@@ -311,28 +320,21 @@ def test_what_review_found_stays_fixed(tmp_path: Path, world: tuple[Checkout, Pa
     assert "no identity was given" in update.stdout + update.stderr
 
     # a number made sensitive is masked where it is, and its digits stay in other text
-    (tmp_path / "numbers").mkdir()
-    numbers = Checkout(tmp_path / "numbers")
-    git(numbers.path, "init", "-q", "-b", "main")
-    numbers.deploy(
-        "{ members, providers, sensitive, ... }: {\n"
+    numbers = another_checkout(
+        tmp_path / "numbers",
         '  members.db = { type = providers.local.memo; inputs.initialize_with = "db:${sensitive 5432}"; };\n'
-        '  members.build = { type = providers.local.memo; inputs.initialize_with = "build 2025432"; };\n'
-        "}\n"
+        '  members.build = { type = providers.local.memo; inputs.initialize_with = "build 2025432"; };\n',
     )
     shown = numbers.ok("plan").stdout
     assert '"build 2025432"' in shown and "+ initialize_with = (sensitive)" in shown, shown
 
     # a member named `sensitive` is an ordinary member (its taint is not the mark)
-    (tmp_path / "plain").mkdir()
-    plain = Checkout(tmp_path / "plain")
-    git(plain.path, "init", "-q", "-b", "main")
-    plain.deploy(
-        "{ members, providers, ... }: {\n"
+    plain = another_checkout(
+        tmp_path / "plain",
         '  members.sensitive = { type = providers.local.memo; inputs.initialize_with = "shown"; };\n'
         "  members.b = { type = providers.local.memo;"
-        ' inputs.initialize_with = "b-${members.sensitive.outputs.value}"; };\n'
-        "}\n"
+        ' inputs.initialize_with = "b-${members.sensitive.outputs.value}"; };\n',
+        arguments="members, providers",
     )
     plain.ok("apply", "--yes")
     assert plain.ok("plan").stdout.startswith("No changes.")
