@@ -39,6 +39,8 @@ def test_the_tutorial_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hello again" in done.stdout
     assert "infra: success" in done.stdout
+    assert '"contents": "(sensitive)"' in done.stdout and "+ contents = (sensitive)" in done.stdout
+    assert done.stdout.count("s3cret-from-outside-git") == 1, "only --show-sensitive shows the secret"
 
 
 NIX_EXAMPLES = [(doc, text) for doc, _, text in blocks("nix") if text.lstrip().startswith("{ members")]
