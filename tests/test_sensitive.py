@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,17 @@ def test_a_digest_key_file_that_is_not_a_key_is_refused(tmp_path: Path) -> None:
     (tmp_path / "digest-key").write_bytes(b"")
     with pytest.raises(SecretsError, match="not a digest key"):
         Sealer(Encryption(), key_file=tmp_path / "digest-key").wrap("value")
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa"])
+def test_ssh_keys_are_recipients_and_identities_as_agenix_takes_them(tmp_path: Path, kind: str) -> None:
+    key = tmp_path / f"id_{kind}"
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "ops", "-f", str(key)], check=True)
+    public = key.with_suffix(".pub").read_text().strip()
+    seal = Sealer(Encryption(recipients=(public,), identity_files=(key,)), key_file=tmp_path / "digest-key")
+    stored = json.loads(json.dumps({"v": seal.wrap({"user": "app", "password": "ssh-sealed"})}, default=seal.store))
+    assert seal.revive(stored)["v"].reveal() == {"user": "app", "password": "ssh-sealed"}
+    locked = tmp_path / f"locked_{kind}"
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "a passphrase", "-f", str(locked)], check=True)
+    with pytest.raises(SecretsError, match="without a passphrase"):
+        Sealer(Encryption(identity_files=(locked,)), key_file=tmp_path / "k").revive(stored)["v"].reveal()
