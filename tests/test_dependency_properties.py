@@ -65,6 +65,7 @@ FAMILIAR = ("root", "mid", "leaf", "a", "b", "c", "x", "y", "z", "base", "top", 
 # How one input field reads other resources' outputs: each form and how many resources it reads at most.
 ONE_READ = {
     "plain": 1,  # members.a.outputs.value
+    "secret": 1,  # sensitive "!${members.a.outputs.value}" (the taint and the sensitive mark on one string)
     "interp": 1,  # "<${members.a.outputs.value}>"
     "json": 1,  # builtins.toJSON members.a.outputs
 }
@@ -106,6 +107,7 @@ class Node:
     path: str  # dotted: "x" or "grp.x"
     seed: str  # a literal input, edited by property (e)
     reads: tuple[Read, ...]
+    secret: bool = False  # the seed is marked sensitive (compared by its keyed digest, shown as "(sensitive)")
 
     @property
     def sources(self) -> frozenset[str]:
@@ -145,7 +147,9 @@ class Graph:
         return Graph(self.nodes[:count])
 
     def edited(self, path: str) -> Graph:
-        return Graph(tuple(Node(n.path, n.seed + "-edited", n.reads) if n.path == path else n for n in self.nodes))
+        return Graph(
+            tuple(Node(n.path, n.seed + "-edited", n.reads, n.secret) if n.path == path else n for n in self.nodes)
+        )
 
 
 names = st.one_of(
@@ -183,7 +187,7 @@ def graphs(draw: st.DrawFn, min_size: int = 2, max_size: int = 12) -> Graph:
             take = min(FORMS[form], len(sources))
             reads.append(Read(form, tuple(sources[:take])))
             sources = sources[take:]
-        nodes.append(Node(path, f"s{i}", tuple(reads)))
+        nodes.append(Node(path, f"s{i}", tuple(reads), draw(st.integers(0, 3)) == 0))
     staged = draw(st.one_of(st.just(0), st.integers(1, size - 1)))
     return Graph(tuple(nodes), staged)
 
@@ -210,6 +214,8 @@ def read_expression(read: Read) -> str:
         return f"{ref(a)}.value"
     if read.form == "interp":
         return f'"<${{{ref(a)}.value}}>"'
+    if read.form == "secret":
+        return f'sensitive "!${{{ref(a)}.value}}"'
     if read.form == "concat":
         return '"' + "+".join(f"${{{ref(s)}.value}}" for s in read.sources) + '"'
     if read.form == "list":
@@ -225,6 +231,7 @@ def read_value(read: Read, values: dict[str, str]) -> Any:
     return {
         "plain": lambda: got[0],
         "interp": lambda: f"<{got[0]}>",
+        "secret": lambda: f"!{got[0]}",
         "concat": lambda: "+".join(got),
         "list": lambda: got,
         "nested": lambda: {"x": dict(zip("yz", got, strict=False))},
@@ -233,7 +240,8 @@ def read_value(read: Read, values: dict[str, str]) -> Any:
 
 
 def resource_text(node: Node, indent: str) -> str:
-    fields = [f"id = {nix_string(node.path)};", f"seed = {nix_string(node.seed)};"]
+    seed = f"sensitive {nix_string(node.seed)}" if node.secret else nix_string(node.seed)
+    fields = [f"id = {nix_string(node.path)};", f"seed = {seed};"]
     fields += [f"r{i} = {read_expression(r)};" for i, r in enumerate(node.reads)]
     name = attr(member_paths.parse(node.path)[-1])
     return f"{indent}members.{name} = {{ type = providers.recorder.memo; inputs = {{ {' '.join(fields)} }}; }};"
@@ -243,7 +251,7 @@ def deployment_text(graph: Graph, log: Path, *, keep: bool = False) -> str:
     """The deployment.nix of ``graph``; ``keep`` adds an unrelated resource, so removing all of the graph is
     not a plan that deletes everything (which nixgitops refuses outside ``destroy``)."""
     lines = [
-        "{ members, providers, ... }:",
+        "{ members, providers, sensitive, ... }:",
         "{",
         f"  providers.recorder = {{ executable = {nix_string(sys.executable)};"
         f' args = [ {nix_string(str(RECORDER))} {nix_string(str(log))} "{DESTROY_SECONDS}" ];'
@@ -264,6 +272,18 @@ def deployment_text(graph: Graph, log: Path, *, keep: bool = False) -> str:
         lines.append('  members.Keep = { type = providers.recorder.memo; inputs = { id = "Keep"; seed = "k"; }; };')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def shown(graph: Graph) -> dict[str, dict[str, Any]]:
+    """The inputs of ``expected_inputs`` as state shows them: sensitive ones as "(sensitive)"."""
+    inputs = expected_inputs(graph)
+    for node in graph.nodes:
+        if node.secret:
+            inputs[node.path]["seed"] = "(sensitive)"
+        for i, read in enumerate(node.reads):
+            if read.form == "secret":
+                inputs[node.path][f"r{i}"] = "(sensitive)"
+    return inputs
 
 
 def value_of(inputs: dict[str, Any]) -> str:
@@ -436,14 +456,14 @@ def test_c_values_in_state_follow_the_graph(graph: Graph) -> None:
     with World.create() as world:
         world.apply_all(graph)
         state = world.state()
-        want = expected_inputs(graph)
+        want, masked = expected_inputs(graph), shown(graph)
         assert set(state) == set(want), world.context(f"state holds {sorted(state)}")
         for path, inputs in want.items():
             record = state[path]
             assert (record["type"], record["inputs"], record["outputs"]) == (
                 "recorder.memo",
-                inputs,
-                {"value": value_of(inputs)},
+                masked[path],
+                {"value": value_of(inputs)},  # (the provider was given the real values)
             ), world.context(f"state record of {path}: {json.dumps(record, indent=1)}")
 
 
