@@ -427,7 +427,7 @@ def _surgery_target(args: argparse.Namespace) -> tuple[StateBranch, Path, contex
     encryption = d.encryption
     if getattr(args, "identity", None):  # (--identity, else the configuration's identity_file)
         encryption = replace(encryption, identity_files=tuple(args.identity))
-    sealer = Sealer(encryption, key_file=reconciler.journal.with_suffix(".digest-key"))
+    sealer = Sealer.beside(reconciler.journal, encryption)
     store = StateBranch(
         reconciler.state_cache.repo, branch=d.state_branch, deployment=d.name, identity=config.identity, sealer=sealer
     )

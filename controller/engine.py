@@ -296,9 +296,7 @@ class Engine:
         self.repo = repo
         self.source_commit = source_commit
         self.dirty = dirty
-        self.sealer = Sealer(
-            settings.encryption, key_file=journal.with_suffix(".digest-key"), meta=lambda: self.store.load_meta()
-        )
+        self.sealer = Sealer.beside(journal, settings.encryption, meta=lambda: self.store.load_meta())
         self.store = StateBranch(
             repo,
             branch=settings.state_branch,
@@ -664,5 +662,4 @@ class Engine:
                 "",
             ]
         )
-        message = redact(message)
         return self.store.commit(upserts=upserts, deletes=deletes, meta=meta, message=message, state=after)

@@ -148,6 +148,11 @@ class Sealer:
     """How many digests ``rekey(reset=True)`` replaced."""
     """The digest keys (by id) of the sealed values read so far (``check_digests``)."""
 
+    @classmethod
+    def beside(cls, journal: Path, encryption: Encryption, meta: Callable[[], Mapping[str, Any]] = dict) -> Sealer:
+        """The sealer of the deployment whose journal is ``journal``: its digest key is ``<journal>.digest-key``."""
+        return cls(encryption, key_file=journal.with_suffix(".digest-key"), meta=meta)
+
     # -- keys ------------------------------------------------------------------------------------------------
 
     @property
@@ -299,7 +304,10 @@ class Sealer:
             return {SEALED_KEY: entry}
         if not self.encrypting:
             if self.encryption.enforced:
-                raise SecretsError(f"Encryption is enforced, but {self.encryption.where} lists no recipients.")
+                raise SecretsError(
+                    f"Encryption is enforced, but {self.encryption.where} lists no recipients: nothing sensitive is"
+                    " written in clear. Add an age or SSH public key to the recipients."
+                )
             return {SEALED_KEY: entry}
         to = fingerprint(self.encryption.recipients)
         if value.sealed is not None and (value.to == to or not value.has_value):

@@ -93,7 +93,11 @@ class Sensitive:
                     stored=False,
                 )
             if self.opener is None:
-                raise Unavailable("it is encrypted, and no identity was given to decrypt it", stored=True)
+                raise Unavailable(
+                    "it is encrypted, and no identity was given to decrypt it: give one (--identity FILE, or"
+                    " identity_file in the deployment's [encryption])",
+                    stored=True,
+                )
             value = self.opener(self.sealed)
             remember(value)
             self._value = value
@@ -263,7 +267,9 @@ def remember(value: Any) -> None:
 def forget_all() -> None:
     """Forget every value remembered for ``redact``: the values of one process are all its deployments', and a test
     suite runs many unrelated ones in one process."""
+    global _ordered
     _known.clear()
+    _ordered = (0, [])
 
 
 def _values() -> list[str]:
